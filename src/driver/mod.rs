@@ -1,0 +1,749 @@
+//! The mio driver: sockets, tokens, timers, signals and the clock around the sans-IO
+//! [`Engine`](crate::proto::engine::Engine).
+//!
+//! Its public face is the embedding API: a host that owns a [`mio::Poll`] registers a [`Server`]
+//! with a [`TokenRange`] it chooses, hands it the events of those tokens, and sleeps no longer
+//! than [`Server::poll_timeout`]. The standalone [`Server::run`] is a short loop over that same
+//! API, with SIGINT/SIGTERM starting a graceful drain.
+//!
+//! Per wake-up the work is bounded: at most [`READ_BUDGET`] bytes read from one connection and
+//! [`ACCEPT_BUDGET`] connections accepted before the others get their turn; what is left is kept
+//! on a ready list, and [`Server::poll_timeout`] says zero until it is done.
+
+use std::collections::VecDeque;
+use std::io::{self, IoSlice, Read, Write};
+use std::net::{Shutdown, SocketAddr};
+use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Registry, Token, Waker};
+
+use crate::config::Config;
+use crate::features::Feature;
+use crate::proto::engine::{Action, Counters, Drained, Engine};
+use crate::proto::hub::{self, EventId, HubError};
+use crate::proto::ConnId;
+
+/// The most bytes read from one connection per wake-up before others get their turn.
+pub const READ_BUDGET: usize = 256 * 1024;
+/// The most connections accepted per wake-up before others get their turn.
+pub const ACCEPT_BUDGET: usize = 256;
+/// The most publications taken from other threads per wake-up.
+const PUBLICATION_BUDGET: usize = 4096;
+/// The listen backlog asked for (the kernel caps it at `net.core.somaxconn`).
+const LISTEN_BACKLOG: i32 = 4096;
+/// How long to wait before accepting again when the process is out of file descriptors.
+const ACCEPT_RETRY: Duration = Duration::from_millis(100);
+/// The most output slices handed to one `writev`.
+const MAX_SLICES: usize = 64;
+/// The size of the one read buffer every connection shares.
+const READ_BUFFER: usize = 64 * 1024;
+
+/// The tokens a [`Server`] may use in its host's [`Poll`]: `start` and the `len - 1` after it.
+///
+/// The listener takes `start`, the waker (if enabled) `start + 1`, and connections the rest. A
+/// connection's token carries its slot and, in the bits the range leaves, its generation, so that
+/// an event meant for a closed connection does not reach the next one in its slot. The range
+/// must hold at least `2 + max_connections + 64` tokens; the standalone server uses nearly all of
+/// `usize`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TokenRange {
+    /// The first token.
+    pub start: usize,
+    /// How many tokens.
+    pub len: usize,
+}
+
+/// Where each kind of token sits in a [`TokenRange`].
+#[derive(Clone, Copy, Debug)]
+struct Layout {
+    start: usize,
+    len: usize,
+    index_bits: u32,
+    generation_mask: usize,
+}
+
+enum TokenKind {
+    Listener,
+    Waker,
+    Conn { index: usize, generation: usize },
+}
+
+impl Layout {
+    fn new(range: TokenRange, slots: usize) -> io::Result<Layout> {
+        let conn_tokens = range.len.saturating_sub(2);
+        if conn_tokens < slots || range.start.checked_add(range.len - 1).is_none() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("token range too small: needs at least {} tokens", slots + 2),
+            ));
+        }
+        let index_bits = usize::BITS - (slots.max(2) - 1).leading_zeros();
+        let generation_bits = (usize::BITS - 1 - (conn_tokens >> index_bits).leading_zeros())
+            .min(32)
+            .min(usize::BITS - index_bits);
+        let generation_mask = if generation_bits == 0 {
+            0
+        } else {
+            usize::MAX >> (usize::BITS - generation_bits)
+        };
+        Ok(Layout {
+            start: range.start,
+            len: range.len,
+            index_bits,
+            generation_mask,
+        })
+    }
+
+    fn listener(&self) -> Token {
+        Token(self.start)
+    }
+
+    fn waker(&self) -> Token {
+        Token(self.start + 1)
+    }
+
+    fn conn(&self, id: ConnId) -> Token {
+        let generation = id.generation as usize & self.generation_mask;
+        Token(self.start + 2 + ((generation << self.index_bits) | id.index as usize))
+    }
+
+    fn kind(&self, token: Token) -> Option<TokenKind> {
+        let offset = token.0.checked_sub(self.start).filter(|&o| o < self.len)?;
+        Some(match offset {
+            0 => TokenKind::Listener,
+            1 => TokenKind::Waker,
+            n => TokenKind::Conn {
+                index: (n - 2) & ((1 << self.index_bits) - 1),
+                generation: (n - 2) >> self.index_bits,
+            },
+        })
+    }
+}
+
+/// A connection's socket.
+struct Socket {
+    id: ConnId,
+    stream: TcpStream,
+    /// Whether it is registered for writability (only while output is pending).
+    writable: bool,
+}
+
+/// An event published from another thread.
+struct Publication {
+    topic: String,
+    event: Option<String>,
+    data: serde_json::Value,
+}
+
+/// Why a [`Publisher`] could not hand an event over.
+#[derive(Debug, PartialEq, Eq)]
+pub enum PublisherError {
+    /// The topic or event name is not valid; the reason says which.
+    Invalid(&'static str),
+    /// The queue to the server (`streaming.real_time.buffer_size` events) is full.
+    Full,
+    /// The server is gone.
+    Closed,
+}
+
+impl std::fmt::Display for PublisherError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PublisherError::Invalid(reason) => f.write_str(reason),
+            PublisherError::Full => f.write_str("publication queue full"),
+            PublisherError::Closed => f.write_str("server gone"),
+        }
+    }
+}
+
+impl std::error::Error for PublisherError {}
+
+/// Publishes from any thread into a [`Server`]'s hub. Cheap to clone.
+///
+/// Publications wait in a queue of `streaming.real_time.buffer_size` events. With a waker
+/// ([`Server::enable_waker`]) the server's loop is woken for them at once; without one they are
+/// taken at the host's next call to [`Server::on_timeout`].
+#[derive(Clone)]
+pub struct Publisher {
+    sender: SyncSender<Publication>,
+    waker: Arc<OnceLock<Waker>>,
+}
+
+impl Publisher {
+    /// Publishes `data` on `topic` as `event` (`"message"` when `None`), waiting while the
+    /// queue is full.
+    pub fn publish(
+        &self,
+        topic: &str,
+        event: Option<&str>,
+        data: serde_json::Value,
+    ) -> Result<(), PublisherError> {
+        let p = publication(topic, event, data)?;
+        self.sender.send(p).map_err(|_| PublisherError::Closed)?;
+        self.wake();
+        Ok(())
+    }
+
+    /// Like [`Publisher::publish`], but fails with [`PublisherError::Full`] instead of waiting.
+    pub fn try_publish(
+        &self,
+        topic: &str,
+        event: Option<&str>,
+        data: serde_json::Value,
+    ) -> Result<(), PublisherError> {
+        let p = publication(topic, event, data)?;
+        self.sender.try_send(p).map_err(|e| match e {
+            TrySendError::Full(_) => PublisherError::Full,
+            TrySendError::Disconnected(_) => PublisherError::Closed,
+        })?;
+        self.wake();
+        Ok(())
+    }
+
+    fn wake(&self) {
+        if let Some(waker) = self.waker.get() {
+            if let Err(e) = waker.wake() {
+                log::warn!("cannot wake the server: {e}");
+            }
+        }
+    }
+}
+
+fn publication(
+    topic: &str,
+    event: Option<&str>,
+    data: serde_json::Value,
+) -> Result<Publication, PublisherError> {
+    if !hub::valid_topic(topic) {
+        return Err(PublisherError::Invalid(HubError::InvalidTopic.reason()));
+    }
+    if event.is_some_and(|e| !hub::valid_event_name(e)) {
+        return Err(PublisherError::Invalid(HubError::InvalidEventName.reason()));
+    }
+    Ok(Publication {
+        topic: topic.to_string(),
+        event: event.map(str::to_string),
+        data,
+    })
+}
+
+/// The server: a listener and its connections, driven by a [`Poll`] — its own
+/// ([`Server::run`]) or a host's.
+pub struct Server {
+    engine: Engine,
+    listener: Option<TcpListener>,
+    local_addr: SocketAddr,
+    registry: Option<Registry>,
+    layout: Option<Layout>,
+    /// Sockets by the engine's slot index.
+    sockets: Vec<Option<Socket>>,
+    /// Connections whose input was left unread when their budget ran out.
+    ready: VecDeque<ConnId>,
+    /// The listener may have connections waiting past the accept budget.
+    accept_ready: bool,
+    /// When to try accepting again after running out of file descriptors.
+    accept_retry_at: Option<Instant>,
+    publications: Receiver<Publication>,
+    /// Publications may be waiting past the publication budget.
+    publications_ready: bool,
+    publisher: Publisher,
+    read_buffer: Box<[u8]>,
+}
+
+impl Server {
+    /// Binds the listen address of `config` (with a backlog that survives bursts of connects).
+    /// Nothing is served until the server is registered with a [`Poll`] (or [`Server::run`]).
+    pub fn bind(config: Config) -> io::Result<Server> {
+        let listener = listen(config.listen)?;
+        let local_addr = listener.local_addr()?;
+        let (sender, publications) = mpsc::sync_channel(config.real_time.buffer_size.max(1));
+        Ok(Server {
+            engine: Engine::new(config, random_epoch()),
+            listener: Some(listener),
+            local_addr,
+            registry: None,
+            layout: None,
+            sockets: Vec::new(),
+            ready: VecDeque::new(),
+            accept_ready: false,
+            accept_retry_at: None,
+            publications,
+            publications_ready: false,
+            publisher: Publisher {
+                sender,
+                waker: Arc::new(OnceLock::new()),
+            },
+            read_buffer: vec![0; READ_BUFFER].into_boxed_slice(),
+        })
+    }
+
+    /// The address it listens on (the real port when the config asked for port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Registers the listener in `registry` with the tokens of `tokens`. Call once.
+    pub fn register(&mut self, registry: &Registry, tokens: TokenRange) -> io::Result<()> {
+        let layout = Layout::new(tokens, self.engine.max_slots())?;
+        if let Some(listener) = &mut self.listener {
+            registry.register(listener, layout.listener(), Interest::READABLE)?;
+        }
+        self.registry = Some(registry.try_clone()?);
+        self.layout = Some(layout);
+        Ok(())
+    }
+
+    /// Whether `token` is one of this server's.
+    pub fn owns(&self, token: Token) -> bool {
+        self.layout.is_some_and(|l| l.kind(token).is_some())
+    }
+
+    /// Creates a [`Waker`] on the server's waker token so that [`Publisher`]s wake the loop.
+    /// The host decides: a `Poll` may hold only one waker.
+    pub fn enable_waker(&mut self) -> io::Result<()> {
+        let (Some(registry), Some(layout)) = (&self.registry, &self.layout) else {
+            return Err(io::Error::other("register the server first"));
+        };
+        let waker = Waker::new(registry, layout.waker())?;
+        // Already set means already enabled: the first waker stays.
+        let _ = self.publisher.waker.set(waker);
+        Ok(())
+    }
+
+    /// A handle to publish from other threads.
+    pub fn publisher(&self) -> Publisher {
+        self.publisher.clone()
+    }
+
+    /// Publishes from the loop's own thread. Returns the event's id.
+    pub fn publish(
+        &mut self,
+        now: Instant,
+        topic: &str,
+        event: Option<&str>,
+        data: &serde_json::Value,
+    ) -> Result<EventId, HubError> {
+        let id = self.engine.publish(now, topic, event, data);
+        self.process_actions(now);
+        id
+    }
+
+    /// Turns a feature on or off at once (see the contract's feature toggles).
+    pub fn set_feature(&mut self, now: Instant, feature: Feature, on: bool) {
+        self.engine.set_feature(now, feature, on);
+        self.process_actions(now);
+    }
+
+    /// Running totals.
+    pub fn counters(&self) -> &Counters {
+        self.engine.counters()
+    }
+
+    /// Handles one event of the host's poll; events of tokens that are not the server's are
+    /// ignored.
+    pub fn handle_event(&mut self, event: &mio::event::Event, now: Instant) {
+        let Some(kind) = self.layout.and_then(|l| l.kind(event.token())) else {
+            return;
+        };
+        match kind {
+            TokenKind::Listener => self.accept(now),
+            TokenKind::Waker => self.take_publications(now),
+            TokenKind::Conn { index, generation } => {
+                let Some(id) = self.socket_id(index, generation) else {
+                    return;
+                };
+                if event.is_readable() || event.is_read_closed() || event.is_error() {
+                    self.read(now, id);
+                }
+                if event.is_writable() {
+                    self.flush(now, id);
+                }
+            }
+        }
+        self.process_actions(now);
+    }
+
+    /// How long the host may sleep before calling [`Server::on_timeout`]: zero while work is
+    /// left over from a budget, `None` when nothing is due.
+    pub fn poll_timeout(&self, now: Instant) -> Option<Duration> {
+        if !self.ready.is_empty() || self.accept_ready || self.publications_ready {
+            return Some(Duration::ZERO);
+        }
+        let next = match (self.engine.poll_timeout(), self.accept_retry_at) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        next.map(|at| at.saturating_duration_since(now))
+    }
+
+    /// Does what is due: deadlines, work left over from budgets, publications from other
+    /// threads. Call it after every poll (it is cheap when nothing is due).
+    pub fn on_timeout(&mut self, now: Instant) {
+        for _ in 0..self.ready.len() {
+            if let Some(id) = self.ready.pop_front() {
+                self.read(now, id);
+            }
+        }
+        if self.accept_ready || self.accept_retry_at.is_some_and(|at| at <= now) {
+            self.accept_retry_at = None;
+            self.accept(now);
+        }
+        self.take_publications(now);
+        self.engine.handle_timeout(now);
+        self.process_actions(now);
+    }
+
+    /// Starts a graceful shutdown: no more connections are accepted, streams end after what
+    /// they have queued, and within `drain_timeout_ms` every connection is closed.
+    pub fn shutdown(&mut self, now: Instant) {
+        if let (Some(mut listener), Some(registry)) = (self.listener.take(), &self.registry) {
+            let _ = registry.deregister(&mut listener);
+        }
+        self.accept_ready = false;
+        self.accept_retry_at = None;
+        self.engine.begin_shutdown(now);
+        self.process_actions(now);
+    }
+
+    /// Whether a shutdown has finished: every connection is closed.
+    pub fn is_finished(&self) -> bool {
+        self.engine.is_shutting_down() && self.engine.connection_count() == 0
+    }
+
+    /// Serves on its own [`Poll`] until SIGINT or SIGTERM, then drains and returns. A second
+    /// signal during the drain stops at once.
+    pub fn run(mut self) -> io::Result<()> {
+        use signal_hook::consts::{SIGINT, SIGTERM};
+        const SIGNALS: Token = Token(0);
+
+        let mut poll = Poll::new()?;
+        let mut signals = signal_hook_mio::v1_0::Signals::new([SIGINT, SIGTERM])?;
+        poll.registry()
+            .register(&mut signals, SIGNALS, Interest::READABLE)?;
+        self.register(
+            poll.registry(),
+            TokenRange {
+                start: 1,
+                len: usize::MAX - 1,
+            },
+        )?;
+        self.enable_waker()?;
+        let mut events = Events::with_capacity(1024);
+        loop {
+            let timeout = self.poll_timeout(Instant::now());
+            if let Err(e) = poll.poll(&mut events, timeout) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            let now = Instant::now();
+            for event in &events {
+                if event.token() == SIGNALS {
+                    if signals.pending().next().is_none() {
+                        continue;
+                    }
+                    if self.engine.is_shutting_down() {
+                        log::warn!("second signal: stopping now");
+                        return Ok(());
+                    }
+                    log::info!("signal received: draining");
+                    self.shutdown(now);
+                } else {
+                    self.handle_event(event, now);
+                }
+            }
+            self.on_timeout(Instant::now());
+            if self.is_finished() {
+                log::info!("drained: exiting");
+                return Ok(());
+            }
+        }
+    }
+
+    // ---- sockets ----
+
+    fn socket_id(&self, index: usize, generation: usize) -> Option<ConnId> {
+        let mask = self.layout?.generation_mask;
+        let socket = self.sockets.get(index)?.as_ref()?;
+        (socket.id.generation as usize & mask == generation).then_some(socket.id)
+    }
+
+    fn socket_mut(&mut self, id: ConnId) -> Option<&mut Socket> {
+        self.sockets
+            .get_mut(id.index as usize)?
+            .as_mut()
+            .filter(|s| s.id == id)
+    }
+
+    fn accept(&mut self, now: Instant) {
+        for _ in 0..ACCEPT_BUDGET {
+            let Some(listener) = &self.listener else {
+                return;
+            };
+            match listener.accept() {
+                Ok((stream, peer)) => self.open(now, stream, peer),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.accept_ready = false;
+                    return;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if out_of_resources(&e) => {
+                    // The edge has passed: without a retry the listener would stall.
+                    log::warn!("accept: {e}; retrying in {ACCEPT_RETRY:?}");
+                    self.accept_ready = false;
+                    self.accept_retry_at = Some(now + ACCEPT_RETRY);
+                    return;
+                }
+                Err(e) => log::debug!("accept: {e}"),
+            }
+        }
+        self.accept_ready = true;
+    }
+
+    fn open(&mut self, now: Instant, mut stream: TcpStream, peer: SocketAddr) {
+        let (Some(registry), Some(layout)) = (&self.registry, self.layout) else {
+            return;
+        };
+        let Some(id) = self.engine.accept(now, peer) else {
+            return;
+        };
+        let _ = stream.set_nodelay(true);
+        if let Err(e) = registry.register(&mut stream, layout.conn(id), Interest::READABLE) {
+            log::warn!("register {peer}: {e}");
+            self.engine.handle_closed(id);
+            return;
+        }
+        let index = id.index as usize;
+        if self.sockets.len() <= index {
+            self.sockets.resize_with(index + 1, || None);
+        }
+        self.sockets[index] = Some(Socket {
+            id,
+            stream,
+            writable: false,
+        });
+        self.process_actions(now);
+    }
+
+    fn read(&mut self, now: Instant, id: ConnId) {
+        let mut budget = READ_BUDGET;
+        loop {
+            let Some(socket) = self
+                .sockets
+                .get_mut(id.index as usize)
+                .and_then(Option::as_mut)
+                .filter(|s| s.id == id)
+            else {
+                return;
+            };
+            match socket.stream.read(&mut self.read_buffer) {
+                Ok(0) => return self.engine.handle_read_closed(now, id),
+                Ok(n) => {
+                    self.engine.handle_input(now, id, &self.read_buffer[..n]);
+                    budget = budget.saturating_sub(n);
+                    if budget == 0 {
+                        self.ready.push_back(id);
+                        return;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    log::debug!("connection {id}: read: {e}");
+                    return self.drop_socket(id, true);
+                }
+            }
+        }
+    }
+
+    fn flush(&mut self, now: Instant, id: ConnId) {
+        loop {
+            let Some(socket) = self
+                .sockets
+                .get_mut(id.index as usize)
+                .and_then(Option::as_mut)
+                .filter(|s| s.id == id)
+            else {
+                return;
+            };
+            let mut slices = [IoSlice::new(&[]); MAX_SLICES];
+            let n = self.engine.output(id, &mut slices);
+            if n == 0 {
+                break;
+            }
+            match socket.stream.write_vectored(&slices[..n]) {
+                Ok(0) => return self.drop_socket(id, true),
+                Ok(written) => self.engine.consume_output(id, written),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    return self.set_writable(id, true);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    log::debug!("connection {id}: write: {e}");
+                    return self.drop_socket(id, true);
+                }
+            }
+        }
+        self.set_writable(id, false);
+        if self.engine.on_drained(id) == Drained::ShutdownWrite {
+            if let Some(socket) = self.socket_mut(id) {
+                let _ = socket.stream.shutdown(Shutdown::Write);
+            }
+        }
+        let _ = now;
+    }
+
+    /// Derives write interest from whether output is pending; reregisters only on a change.
+    fn set_writable(&mut self, id: ConnId, writable: bool) {
+        let (Some(registry), Some(layout)) = (&self.registry, self.layout) else {
+            return;
+        };
+        let Some(socket) = self
+            .sockets
+            .get_mut(id.index as usize)
+            .and_then(Option::as_mut)
+            .filter(|s| s.id == id)
+        else {
+            return;
+        };
+        if socket.writable == writable {
+            return;
+        }
+        let interest = if writable {
+            Interest::READABLE | Interest::WRITABLE
+        } else {
+            Interest::READABLE
+        };
+        match registry.reregister(&mut socket.stream, layout.conn(id), interest) {
+            Ok(()) => socket.writable = writable,
+            Err(e) => {
+                log::debug!("connection {id}: reregister: {e}");
+                self.drop_socket(id, true);
+            }
+        }
+    }
+
+    /// Drops `id`'s socket; with `tell_engine`, the engine forgets the connection too.
+    fn drop_socket(&mut self, id: ConnId, tell_engine: bool) {
+        let Some(slot) = self.sockets.get_mut(id.index as usize) else {
+            return;
+        };
+        if slot.as_ref().is_none_or(|s| s.id != id) {
+            return;
+        }
+        if let (Some(mut socket), Some(registry)) = (slot.take(), &self.registry) {
+            let _ = registry.deregister(&mut socket.stream);
+        }
+        if tell_engine {
+            self.engine.handle_closed(id);
+        }
+    }
+
+    fn process_actions(&mut self, now: Instant) {
+        while let Some((id, action)) = self.engine.poll_action() {
+            match action {
+                Action::Write => self.flush(now, id),
+                Action::Close => self.drop_socket(id, false),
+            }
+        }
+    }
+
+    fn take_publications(&mut self, now: Instant) {
+        self.publications_ready = false;
+        for _ in 0..PUBLICATION_BUDGET {
+            let Ok(p) = self.publications.try_recv() else {
+                return;
+            };
+            if let Err(e) = self
+                .engine
+                .publish(now, &p.topic, p.event.as_deref(), &p.data)
+            {
+                log::warn!("publication on {:?} refused: {}", p.topic, e.reason());
+            }
+        }
+        self.publications_ready = true;
+    }
+}
+
+/// A non-blocking listener with a deep backlog.
+fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
+    use socket2::{Domain, Socket as RawSocket, Type};
+    let socket = RawSocket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    socket.set_nonblocking(true)?;
+    Ok(TcpListener::from_std(socket.into()))
+}
+
+/// Whether an accept error means the process or system is out of something (descriptors,
+/// buffers) rather than the one connection having failed.
+fn out_of_resources(e: &io::Error) -> bool {
+    // EMFILE, ENFILE, ENOBUFS, ENOMEM
+    matches!(e.raw_os_error(), Some(24 | 23 | 105 | 12))
+}
+
+/// An epoch for this run's event ids: random, so that ids of an earlier run never pass for ours.
+fn random_epoch() -> u32 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    hasher.finish() as u32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_carry_slot_and_generation_and_stay_in_range() {
+        let layout = Layout::new(
+            TokenRange {
+                start: 10,
+                len: 2 + 1100 * 8,
+            },
+            1100,
+        )
+        .unwrap();
+        assert_eq!(layout.index_bits, 11);
+        assert_eq!(layout.generation_mask, 0b11);
+        let id = ConnId {
+            index: 1099,
+            generation: 7,
+        };
+        let token = layout.conn(id);
+        assert!(token.0 >= 12 && token.0 < 10 + 2 + 1100 * 8);
+        match layout.kind(token) {
+            Some(TokenKind::Conn { index, generation }) => {
+                assert_eq!((index, generation), (1099, 3));
+            }
+            _ => panic!("not a connection token"),
+        }
+        assert!(matches!(layout.kind(Token(10)), Some(TokenKind::Listener)));
+        assert!(matches!(layout.kind(Token(11)), Some(TokenKind::Waker)));
+        assert!(layout.kind(Token(9)).is_none());
+        assert!(layout.kind(Token(10 + 2 + 1100 * 8)).is_none());
+    }
+
+    #[test]
+    fn a_range_too_small_is_refused() {
+        assert!(Layout::new(TokenRange { start: 0, len: 100 }, 1064).is_err());
+        let full = Layout::new(
+            TokenRange {
+                start: 1,
+                len: usize::MAX - 1,
+            },
+            1064,
+        )
+        .unwrap();
+        assert_eq!(full.generation_mask, u32::MAX as usize);
+    }
+}

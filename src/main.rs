@@ -1,0 +1,84 @@
+//! The `mcp-stream` command: parse the command line, load the configuration, set up logging on
+//! stderr, and run the server until a signal drains it.
+
+#![forbid(unsafe_code)]
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use mcp_stream::cli::{self, Command, ServeArgs};
+use mcp_stream::config::Config;
+use mcp_stream::Server;
+
+fn main() -> ExitCode {
+    match cli::parse(std::env::args().skip(1)) {
+        Ok(Command::Serve(args)) => serve(&args),
+        Ok(Command::Help(text)) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Ok(Command::Version) => {
+            println!("{}", cli::version_text());
+            ExitCode::SUCCESS
+        }
+        Ok(Command::Features { .. }) => {
+            usage_error("`features` needs the admin API, which this build does not have yet")
+        }
+        Ok(Command::Bench(_)) => usage_error("`bench` is not in this build yet"),
+        Err(e) => usage_error(&e.to_string()),
+    }
+}
+
+/// Prints a one-line reason and exits 2, as for every bad flag or config.
+fn usage_error(reason: &str) -> ExitCode {
+    eprintln!("mcp-stream: {reason}");
+    ExitCode::from(2)
+}
+
+fn serve(args: &ServeArgs) -> ExitCode {
+    let config = match Config::load_with(
+        args.config.as_deref(),
+        |key| std::env::var(key).ok(),
+        &args.overrides(),
+    ) {
+        Ok(config) => config,
+        Err(e) => return usage_error(&e.to_string()),
+    };
+    if config.tls.is_enabled() {
+        return usage_error("TLS is not in this build yet");
+    }
+    if config.mcp.stdio.is_some() {
+        return usage_error("the stdio MCP gateway is not in this build yet");
+    }
+    let level = args.log_level.unwrap_or(log::LevelFilter::Info);
+    if let Err(e) = simple_logger::SimpleLogger::new()
+        .with_level(level)
+        .with_utc_timestamps()
+        .init()
+    {
+        eprintln!("mcp-stream: cannot set up logging: {e}");
+    }
+    let server = match Server::bind(config) {
+        Ok(server) => server,
+        Err(e) => {
+            eprintln!("mcp-stream: cannot listen: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut stdout = std::io::stdout();
+    // Exactly one line on stdout, flushed, so that a parent can read the address.
+    if writeln!(stdout, "listening on http://{}", server.local_addr())
+        .and_then(|()| stdout.flush())
+        .is_err()
+    {
+        log::warn!("stdout is closed; serving anyway");
+    }
+    log::info!("serving on {}", server.local_addr());
+    match server.run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            log::error!("server stopped: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

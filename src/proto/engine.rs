@@ -1,0 +1,969 @@
+//! The engine: every connection's state machine, request routing and the fan-out of published
+//! events into subscriber queues — sans IO.
+//!
+//! # How a driver uses it
+//!
+//! The driver owns the sockets and the clock and calls, in this order:
+//!
+//! 1. [`Engine::accept`] for every new connection; keep the socket at the returned index.
+//! 2. [`Engine::handle_input`] with the bytes read, [`Engine::handle_read_closed`] on end of
+//!    stream, [`Engine::handle_closed`] when the driver itself drops a socket (an I/O error).
+//! 3. [`Engine::publish`] for events published by the host.
+//! 4. After any of these, [`Engine::poll_action`] until `None`: [`Action::Write`] means the
+//!    connection has output — write what [`Engine::output`] gives, report it with
+//!    [`Engine::consume_output`], and once the queue is empty ask [`Engine::on_drained`] whether
+//!    to shut the write side; [`Action::Close`] means drop the socket (the engine has forgotten
+//!    the connection already).
+//! 5. Sleep until [`Engine::poll_timeout`], then call [`Engine::handle_timeout`].
+//!
+//! # DoS notes
+//!
+//! Every buffer a peer can grow has a cap from the config: the head (`max_head_bytes`, 431), the
+//! body (`max_body_bytes`, 413), the write queue (`max_queue_bytes`, slow-consumer policy). Every
+//! phase of a connection has a deadline: head, body, idle and linger. The work of one
+//! `handle_input` call is bounded by the bytes given, which the driver bounds per wake-up.
+
+use std::collections::VecDeque;
+use std::io::IoSlice;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use slab::Slab;
+
+use super::http::{self, BodyDecoder, HttpError, Request};
+use super::hub::{self, EventId, Hub, HubError, Subscription};
+use super::queue::{Overflow, Policy, WriteQueue};
+use super::sse;
+use super::timers::{TimerSlot, Timers};
+use super::ConnId;
+use crate::config::{Config, SlowConsumer};
+use crate::features::{Feature, FeatureSet};
+
+/// How long a closing connection may take to drain its output and see the peer's end of stream
+/// after its write side is shut, before it is dropped.
+const LINGER: Duration = Duration::from_secs(2);
+/// Connections accepted beyond `max_connections` only to be told `503`.
+const REFUSAL_RESERVE: usize = 64;
+/// The most topics one SSE request may subscribe to.
+const MAX_TOPICS_PER_STREAM: usize = 64;
+/// What a `503` asks the client to wait, in seconds.
+const RETRY_AFTER_SECS: u32 = 1;
+
+/// What the driver must do for a connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// It has output: write it.
+    Write,
+    /// Drop its socket; the engine has forgotten it.
+    Close,
+}
+
+/// What to do once a connection's queue is empty.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Drained {
+    /// Nothing: wait for input.
+    Open,
+    /// Shut the write side (the response or stream is over); the engine closes the connection
+    /// when the peer's end of stream arrives or the linger deadline passes.
+    ShutdownWrite,
+}
+
+/// Running totals, for tests, logs and (later) metrics.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Connections open now, refused ones included.
+    pub connections: usize,
+    /// SSE streams open now.
+    pub sse_streams: usize,
+    /// Requests parsed.
+    pub requests: u64,
+    /// Events published.
+    pub events_published: u64,
+    /// Event copies whose last byte was written to a socket.
+    pub events_sent: u64,
+    /// Event copies dropped from slow consumers' queues (`drop_oldest`).
+    pub events_dropped: u64,
+    /// Slow consumers disconnected (`disconnect`).
+    pub slow_consumers_disconnected: u64,
+    /// Connections refused with 503 because of `max_connections`.
+    pub connections_refused: u64,
+}
+
+/// What a connection is doing.
+#[derive(Debug)]
+enum Phase {
+    /// Between requests on a keep-alive connection (deadline: idle).
+    Idle,
+    /// Reading a request head (deadline: head).
+    Head,
+    /// Reading a request body (deadline: body).
+    Body(Box<BodyPhase>),
+    /// Streaming Server-Sent Events (deadline: heartbeat).
+    Sse(Box<SseStream>),
+    /// Sending its last bytes, then shutting the write side and waiting for the peer's end of
+    /// stream (deadline: linger). Input is discarded.
+    Closing,
+}
+
+#[derive(Debug)]
+struct BodyPhase {
+    request: Request,
+    decoder: BodyDecoder,
+    body: Vec<u8>,
+}
+
+#[derive(Debug)]
+struct SseStream {
+    subscriptions: Vec<Subscription>,
+    /// The event names it wants; all when `None`.
+    events: Option<Box<[Box<str>]>>,
+    /// When it was last sent anything, for heartbeats.
+    last_write: Instant,
+}
+
+impl SseStream {
+    fn wants(&self, name: &str) -> bool {
+        self.events
+            .as_ref()
+            .is_none_or(|names| names.iter().any(|n| **n == *name))
+    }
+}
+
+#[derive(Debug)]
+struct Conn {
+    generation: u32,
+    /// The id clients see (`connected` event).
+    public_id: u64,
+    phase: Phase,
+    /// Input not yet parsed.
+    inbuf: Vec<u8>,
+    out: WriteQueue,
+    timer: TimerSlot,
+    /// A [`Action::Write`] for it is waiting in the action queue.
+    write_pending: bool,
+    /// Its write side has been shut.
+    write_shut: bool,
+    /// It counts towards `max_connections` (refused connections do not).
+    counted: bool,
+}
+
+/// All connections, the hub and the feature toggles.
+#[derive(Debug)]
+pub struct Engine {
+    config: Config,
+    features: FeatureSet,
+    hub: Hub,
+    conns: Slab<Conn>,
+    timers: Timers,
+    actions: VecDeque<(ConnId, Action)>,
+    counters: Counters,
+    next_generation: u32,
+    next_public_id: u64,
+    counted_connections: usize,
+    drain_deadline: Option<Instant>,
+}
+
+impl Engine {
+    /// An engine serving `config`, whose event ids carry `epoch`.
+    pub fn new(config: Config, epoch: u32) -> Engine {
+        let hub = Hub::new(
+            epoch,
+            config.websocket.message_history,
+            config.limits.max_topics,
+        );
+        Engine {
+            features: config.effective_features(),
+            hub,
+            conns: Slab::new(),
+            timers: Timers::default(),
+            actions: VecDeque::new(),
+            counters: Counters::default(),
+            next_generation: 0,
+            next_public_id: 0,
+            counted_connections: 0,
+            drain_deadline: None,
+            config,
+        }
+    }
+
+    /// The configuration served.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The most connections open at once, refused ones included: slot indices stay below it.
+    pub fn max_slots(&self) -> usize {
+        self.config.max_connections + REFUSAL_RESERVE
+    }
+
+    /// The running totals.
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    /// The pub/sub hub.
+    pub fn hub(&self) -> &Hub {
+        &self.hub
+    }
+
+    /// The feature toggles in force.
+    pub fn features(&self) -> FeatureSet {
+        self.features
+    }
+
+    /// Turns a feature on or off. Turning off a transport ends its open streams cleanly; nothing
+    /// else is disturbed.
+    pub fn set_feature(&mut self, now: Instant, feature: Feature, on: bool) {
+        self.features.set(feature, on);
+        if feature == Feature::SseStreaming && !on {
+            let streams: Vec<ConnId> = self
+                .conns
+                .iter()
+                .filter(|(_, c)| matches!(c.phase, Phase::Sse(_)))
+                .map(|(i, c)| id_of(i, c))
+                .collect();
+            for id in streams {
+                self.start_closing(now, id);
+            }
+        }
+    }
+
+    /// Whether the engine is draining for shutdown.
+    pub fn is_shutting_down(&self) -> bool {
+        self.drain_deadline.is_some()
+    }
+
+    /// How many connections are open.
+    pub fn connection_count(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// A new connection from `peer`. `None`: refuse it outright (drop the socket), because the
+    /// engine is shutting down or even the refusal reserve is full. Beyond `max_connections` a
+    /// connection is accepted only to be answered `503` and closed.
+    pub fn accept(&mut self, now: Instant, _peer: SocketAddr) -> Option<ConnId> {
+        if self.is_shutting_down() || self.conns.len() >= self.max_slots() {
+            return None;
+        }
+        let counted = self.counted_connections < self.config.max_connections;
+        self.next_generation = self.next_generation.wrapping_add(1);
+        self.next_public_id += 1;
+        let index = self.conns.insert(Conn {
+            generation: self.next_generation,
+            public_id: self.next_public_id,
+            phase: Phase::Head,
+            inbuf: Vec::new(),
+            out: WriteQueue::default(),
+            timer: TimerSlot::default(),
+            write_pending: false,
+            write_shut: false,
+            counted,
+        });
+        let id = id_of(index, &self.conns[index]);
+        self.counters.connections += 1;
+        if counted {
+            self.counted_connections += 1;
+            self.set_deadline(id, Some(now + self.config.limits.head_timeout()));
+        } else {
+            self.counters.connections_refused += 1;
+            self.fail(
+                now,
+                id,
+                HttpError {
+                    status: 503,
+                    reason: "server at capacity",
+                },
+            );
+        }
+        Some(id)
+    }
+
+    /// Bytes read from `id`.
+    pub fn handle_input(&mut self, now: Instant, id: ConnId, data: &[u8]) {
+        let Some(conn) = self.conn_mut(id) else {
+            return;
+        };
+        match conn.phase {
+            // Nothing is read on a stream or while closing: what comes is dropped.
+            Phase::Sse(_) | Phase::Closing => return,
+            Phase::Idle | Phase::Head | Phase::Body(_) => conn.inbuf.extend_from_slice(data),
+        }
+        self.advance(now, id);
+    }
+
+    /// The peer ended its side of `id`.
+    pub fn handle_read_closed(&mut self, now: Instant, id: ConnId) {
+        let Some(conn) = self.conn_mut(id) else {
+            return;
+        };
+        let flushing =
+            !conn.out.is_empty() && !matches!(conn.phase, Phase::Sse(_) | Phase::Closing);
+        if flushing {
+            // Answers to what it sent still go out (a client may half-close after a request).
+            self.start_closing(now, id);
+        } else {
+            self.close(id);
+        }
+    }
+
+    /// The driver dropped `id` on its own (an I/O error): forget it.
+    pub fn handle_closed(&mut self, id: ConnId) {
+        self.forget(id);
+    }
+
+    /// The next thing the driver must do.
+    pub fn poll_action(&mut self) -> Option<(ConnId, Action)> {
+        while let Some((id, action)) = self.actions.pop_front() {
+            if action == Action::Close {
+                return Some((id, action));
+            }
+            if let Some(conn) = self.conn_mut(id) {
+                conn.write_pending = false;
+                return Some((id, action));
+            }
+        }
+        None
+    }
+
+    /// Fills `out` with the next pending output slices of `id`; returns how many.
+    pub fn output<'a>(&'a self, id: ConnId, out: &mut [IoSlice<'a>]) -> usize {
+        self.conn(id).map_or(0, |c| c.out.fill_slices(out))
+    }
+
+    /// Whether `id` has output pending.
+    pub fn has_output(&self, id: ConnId) -> bool {
+        self.conn(id).is_some_and(|c| !c.out.is_empty())
+    }
+
+    /// `written` bytes of `id`'s output reached the socket.
+    pub fn consume_output(&mut self, id: ConnId, written: usize) {
+        let Some(index) = self.index_of(id) else {
+            return;
+        };
+        let counters = &mut self.counters;
+        self.conns[index]
+            .out
+            .consume(written, |_| counters.events_sent += 1);
+    }
+
+    /// `id`'s queue is empty: what now.
+    pub fn on_drained(&mut self, id: ConnId) -> Drained {
+        match self.conn_mut(id) {
+            Some(conn) if matches!(conn.phase, Phase::Closing) && !conn.write_shut => {
+                conn.write_shut = true;
+                Drained::ShutdownWrite
+            }
+            _ => Drained::Open,
+        }
+    }
+
+    /// The next deadline, if any.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        match (self.timers.next(), self.drain_deadline) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Acts on every deadline that has passed at `now`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        while let Some((at, id)) = self.timers.pop_due(now) {
+            let Some(index) = self.index_of(id) else {
+                continue;
+            };
+            if self.timers.fire(&mut self.conns[index].timer, id, at, now) {
+                self.on_deadline(now, id);
+            }
+        }
+        if self.drain_deadline.is_some_and(|d| d <= now) {
+            let all: Vec<ConnId> = self.conns.iter().map(|(i, c)| id_of(i, c)).collect();
+            for id in all {
+                self.close(id);
+            }
+        }
+    }
+
+    /// Starts a graceful shutdown: streams end after what they have queued, idle connections
+    /// close, and at `now + drain_timeout` whatever is left is dropped.
+    pub fn begin_shutdown(&mut self, now: Instant) {
+        if self.is_shutting_down() {
+            return;
+        }
+        self.drain_deadline = Some(now + self.config.limits.drain_timeout());
+        let all: Vec<ConnId> = self.conns.iter().map(|(i, c)| id_of(i, c)).collect();
+        for id in all {
+            let Some(conn) = self.conn(id) else { continue };
+            match conn.phase {
+                Phase::Closing => {}
+                Phase::Sse(_) => self.start_closing(now, id),
+                _ if !conn.out.is_empty() => self.start_closing(now, id),
+                _ => self.close(id),
+            }
+        }
+    }
+
+    /// Publishes an event on `topic` named `event` (`"message"` when `None`) and queues it for
+    /// every subscriber. Returns its id.
+    pub fn publish(
+        &mut self,
+        now: Instant,
+        topic: &str,
+        event: Option<&str>,
+        data: &serde_json::Value,
+    ) -> Result<EventId, HubError> {
+        let (event, topic_index) =
+            self.hub
+                .publish(now, topic, event.unwrap_or("message"), data)?;
+        self.counters.events_published += 1;
+        let limit = self.config.backpressure.max_queue_bytes;
+        let policy = policy(&self.config);
+        let mut overflowed = Vec::new();
+        for id in self.hub.subscribers(topic_index) {
+            let Some(conn) = self
+                .conns
+                .get_mut(id.index as usize)
+                .filter(|c| c.generation == id.generation)
+            else {
+                continue;
+            };
+            let Phase::Sse(stream) = &mut conn.phase else {
+                continue;
+            };
+            if !stream.wants(&event.name) {
+                continue;
+            }
+            match conn
+                .out
+                .push_event(event.clone(), limit, policy, sse::dropped)
+            {
+                Ok(dropped) => {
+                    self.counters.events_dropped += dropped;
+                    stream.last_write = now;
+                    if !conn.write_pending {
+                        conn.write_pending = true;
+                        self.actions.push_back((id, Action::Write));
+                    }
+                }
+                Err(Overflow::Disconnect) => overflowed.push(id),
+            }
+        }
+        for id in overflowed {
+            self.counters.slow_consumers_disconnected += 1;
+            log::debug!("connection {id}: slow consumer disconnected");
+            self.close(id);
+        }
+        Ok(event.id)
+    }
+
+    // ---- connection plumbing ----
+
+    fn index_of(&self, id: ConnId) -> Option<usize> {
+        let index = id.index as usize;
+        self.conns
+            .get(index)
+            .filter(|c| c.generation == id.generation)
+            .map(|_| index)
+    }
+
+    fn conn(&self, id: ConnId) -> Option<&Conn> {
+        self.index_of(id).map(|i| &self.conns[i])
+    }
+
+    fn conn_mut(&mut self, id: ConnId) -> Option<&mut Conn> {
+        self.index_of(id).map(|i| &mut self.conns[i])
+    }
+
+    fn set_deadline(&mut self, id: ConnId, at: Option<Instant>) {
+        if let Some(index) = self.index_of(id) {
+            self.timers.set(&mut self.conns[index].timer, id, at);
+        }
+    }
+
+    /// Asks the driver to write `id`'s output.
+    fn want_write(&mut self, id: ConnId) {
+        if let Some(conn) = self.conn_mut(id) {
+            if !conn.write_pending {
+                conn.write_pending = true;
+                self.actions.push_back((id, Action::Write));
+            }
+        }
+    }
+
+    /// Drops `id` now and tells the driver to drop its socket.
+    fn close(&mut self, id: ConnId) {
+        if self.forget(id) {
+            self.actions.push_back((id, Action::Close));
+        }
+    }
+
+    /// Removes `id` and everything it holds in the hub. Returns whether it was there.
+    fn forget(&mut self, id: ConnId) -> bool {
+        let Some(index) = self.index_of(id) else {
+            return false;
+        };
+        let conn = self.conns.remove(index);
+        self.counters.connections -= 1;
+        if conn.counted {
+            self.counted_connections -= 1;
+        }
+        if let Phase::Sse(stream) = conn.phase {
+            self.counters.sse_streams -= 1;
+            for sub in stream.subscriptions {
+                self.hub.unsubscribe(sub);
+            }
+        }
+        true
+    }
+
+    /// Ends `id` gracefully: what is queued goes out, then the write side is shut; the
+    /// connection goes when the peer ends too or the linger deadline passes.
+    fn start_closing(&mut self, now: Instant, id: ConnId) {
+        let Some(index) = self.index_of(id) else {
+            return;
+        };
+        let conn = &mut self.conns[index];
+        let previous = std::mem::replace(&mut conn.phase, Phase::Closing);
+        conn.inbuf = Vec::new();
+        if let Phase::Sse(stream) = previous {
+            self.counters.sse_streams -= 1;
+            for sub in stream.subscriptions {
+                self.hub.unsubscribe(sub);
+            }
+        }
+        self.set_deadline(id, Some(now + LINGER));
+        self.want_write(id);
+    }
+
+    /// Answers `id` with an error and closes it.
+    fn fail(&mut self, now: Instant, id: ConnId, error: HttpError) {
+        let extra = if error.status == 503 {
+            format!("Retry-After: {RETRY_AFTER_SECS}\r\n")
+        } else {
+            String::new()
+        };
+        if let Some(conn) = self.conn_mut(id) {
+            conn.out.push_owned(http::error_response(
+                error.status,
+                error.reason,
+                &extra,
+                false,
+            ));
+        }
+        self.start_closing(now, id);
+    }
+
+    /// Queues a complete response and moves `id` to its next request (or closes it).
+    fn respond(&mut self, now: Instant, id: ConnId, response: Vec<u8>, keep_alive: bool) {
+        let limit = self.config.backpressure.max_queue_bytes;
+        let keep_alive = keep_alive && !self.is_shutting_down();
+        let Some(conn) = self.conn_mut(id) else {
+            return;
+        };
+        // A client pipelining requests without reading the answers is a slow consumer.
+        if !conn.out.is_empty() && conn.out.len() + response.len() > limit {
+            self.counters.slow_consumers_disconnected += 1;
+            self.close(id);
+            return;
+        }
+        conn.out.push_owned(response);
+        if keep_alive {
+            conn.phase = Phase::Idle;
+            let idle = self.config.limits.idle_timeout();
+            self.set_deadline(id, Some(now + idle));
+            self.want_write(id);
+        } else {
+            self.start_closing(now, id);
+        }
+    }
+
+    fn on_deadline(&mut self, now: Instant, id: ConnId) {
+        let heartbeat = self.config.sse.heartbeat();
+        let Some(conn) = self.conn_mut(id) else {
+            return;
+        };
+        match &mut conn.phase {
+            Phase::Idle | Phase::Closing => self.close(id),
+            // A connection that never sent a byte goes quietly; a partial head gets a 408.
+            Phase::Head if conn.inbuf.is_empty() => self.close(id),
+            Phase::Head => self.fail(
+                now,
+                id,
+                HttpError {
+                    status: 408,
+                    reason: "request head too slow",
+                },
+            ),
+            Phase::Body(_) => self.fail(
+                now,
+                id,
+                HttpError {
+                    status: 408,
+                    reason: "request body too slow",
+                },
+            ),
+            Phase::Sse(stream) => {
+                // A queue that is not empty says the stream is not idle (or the client is not
+                // reading, which its bound deals with): no ping then.
+                let idle = now >= stream.last_write + heartbeat && conn.out.is_empty();
+                if idle {
+                    conn.out.push_static(sse::HEARTBEAT);
+                    stream.last_write = now;
+                }
+                let due = stream.last_write + heartbeat;
+                let next = if due > now { due } else { now + heartbeat };
+                if idle {
+                    self.want_write(id);
+                }
+                self.set_deadline(id, Some(next));
+            }
+        }
+    }
+
+    // ---- HTTP ----
+
+    /// Parses and serves every complete request in `id`'s input.
+    fn advance(&mut self, now: Instant, id: ConnId) {
+        let limits = &self.config.limits;
+        let (max_head, max_body, max_headers) = (
+            limits.max_head_bytes,
+            limits.max_body_bytes,
+            limits.max_header_count,
+        );
+        while let Some(index) = self.index_of(id) {
+            let conn = &mut self.conns[index];
+            match &mut conn.phase {
+                Phase::Idle | Phase::Head => {
+                    if conn.inbuf.is_empty() {
+                        return;
+                    }
+                    match http::parse_head(&conn.inbuf, max_headers, max_head) {
+                        Err(e) => return self.fail(now, id, e),
+                        Ok(None) if conn.inbuf.len() > max_head => {
+                            return self.fail(
+                                now,
+                                id,
+                                HttpError {
+                                    status: 431,
+                                    reason: "request head too large",
+                                },
+                            )
+                        }
+                        Ok(None) => {
+                            if matches!(conn.phase, Phase::Idle) {
+                                conn.phase = Phase::Head;
+                                let head = self.config.limits.head_timeout();
+                                self.set_deadline(id, Some(now + head));
+                            }
+                            return;
+                        }
+                        Ok(Some((request, n))) => {
+                            conn.inbuf.drain(..n);
+                            self.counters.requests += 1;
+                            if let Err(e) = self.start_body(now, id, request) {
+                                return self.fail(now, id, e);
+                            }
+                        }
+                    }
+                }
+                Phase::Body(b) => {
+                    let r = b
+                        .decoder
+                        .decode(&conn.inbuf, &mut b.body, max_body, max_head);
+                    match r {
+                        Err(e) => return self.fail(now, id, e),
+                        Ok(d) => {
+                            conn.inbuf.drain(..d.consumed);
+                            if !d.done {
+                                return;
+                            }
+                            let Phase::Body(b) = std::mem::replace(&mut conn.phase, Phase::Head)
+                            else {
+                                return;
+                            };
+                            self.dispatch(now, id, b.request, b.body);
+                        }
+                    }
+                }
+                Phase::Sse(_) | Phase::Closing => return,
+            }
+        }
+    }
+
+    /// After a head: serves a request without a body at once, or starts reading its body.
+    fn start_body(&mut self, now: Instant, id: ConnId, request: Request) -> Result<(), HttpError> {
+        let kind = request.body_kind()?;
+        if let http::BodyKind::Length(n) = kind {
+            if n > self.config.limits.max_body_bytes as u64 {
+                return Err(HttpError {
+                    status: 413,
+                    reason: "request body too large",
+                });
+            }
+        }
+        let Some(decoder) = BodyDecoder::new(kind) else {
+            self.dispatch(now, id, request, Vec::new());
+            return Ok(());
+        };
+        let body_timeout = self.config.limits.body_timeout();
+        if let Some(conn) = self.conn_mut(id) {
+            if request.expects_continue() && conn.inbuf.is_empty() {
+                conn.out.push_static(b"HTTP/1.1 100 Continue\r\n\r\n");
+            }
+            conn.phase = Phase::Body(Box::new(BodyPhase {
+                request,
+                decoder,
+                body: Vec::new(),
+            }));
+        }
+        self.set_deadline(id, Some(now + body_timeout));
+        self.want_write(id);
+        Ok(())
+    }
+
+    /// Routes a complete request.
+    fn dispatch(&mut self, now: Instant, id: ConnId, request: Request, body: Vec<u8>) {
+        let keep_alive = request.keep_alive();
+        let method = request.method.as_str();
+        let response = match request.path.as_str() {
+            "/health" => match method {
+                "GET" | "HEAD" => http::json_response(200, r#"{"status":"ok"}"#, "", keep_alive),
+                _ => method_not_allowed("GET, HEAD", keep_alive),
+            },
+            "/" => match method {
+                "GET" | "HEAD" => http::response(
+                    200,
+                    "text/html; charset=utf-8",
+                    DEMO_PAGE.as_bytes(),
+                    "",
+                    keep_alive,
+                ),
+                _ => method_not_allowed("GET, HEAD", keep_alive),
+            },
+            "/stream/sse" => match method {
+                "GET" => return self.open_sse(now, id, &request),
+                _ => method_not_allowed("GET", keep_alive),
+            },
+            "/stream/publish" => match method {
+                "POST" => self.publish_request(now, &body, keep_alive),
+                _ => method_not_allowed("POST", keep_alive),
+            },
+            _ => http::error_response(404, "not found", "", keep_alive),
+        };
+        let response = if method == "HEAD" {
+            strip_body(response)
+        } else {
+            response
+        };
+        self.respond(now, id, response, keep_alive);
+    }
+
+    /// `POST /stream/publish`: one `{"topic","event","data"}` or an array of them.
+    fn publish_request(&mut self, now: Instant, body: &[u8], keep_alive: bool) -> Vec<u8> {
+        let bad = |reason: &str| http::error_response(400, reason, "", keep_alive);
+        let value: serde_json::Value = match serde_json::from_slice(body) {
+            Ok(v) => v,
+            Err(e) => return bad(&format!("invalid JSON: {e}")),
+        };
+        let items = match &value {
+            serde_json::Value::Array(items) => items.iter().collect::<Vec<_>>(),
+            one => vec![one],
+        };
+        let mut checked = Vec::with_capacity(items.len());
+        for item in items {
+            match publication(item) {
+                Ok(p) => checked.push(p),
+                Err(reason) => return bad(reason),
+            }
+        }
+        let mut ids = Vec::with_capacity(checked.len());
+        for (topic, event, data) in checked {
+            match self.publish(now, topic, event, data) {
+                Ok(id) => ids.push(serde_json::Value::String(id.to_string())),
+                Err(HubError::TooManyTopics) => {
+                    return http::error_response(
+                        503,
+                        HubError::TooManyTopics.reason(),
+                        &format!("Retry-After: {RETRY_AFTER_SECS}\r\n"),
+                        keep_alive,
+                    )
+                }
+                Err(e) => return bad(e.reason()),
+            }
+        }
+        let body = serde_json::json!({ "ids": ids }).to_string();
+        http::json_response(202, &body, "", keep_alive)
+    }
+
+    /// `GET /stream/sse`: subscribes and turns the connection into a stream.
+    fn open_sse(&mut self, now: Instant, id: ConnId, request: &Request) {
+        let keep_alive = request.keep_alive();
+        if let Err((status, reason)) = self.subscribe_sse(now, id, request) {
+            let extra = if status == 503 {
+                format!("Retry-After: {RETRY_AFTER_SECS}\r\n")
+            } else {
+                String::new()
+            };
+            let response = http::error_response(status, reason, &extra, keep_alive);
+            self.respond(now, id, response, keep_alive);
+        }
+    }
+
+    fn subscribe_sse(
+        &mut self,
+        now: Instant,
+        id: ConnId,
+        request: &Request,
+    ) -> Result<(), (u16, &'static str)> {
+        if !self.features.is_enabled(Feature::SseStreaming) {
+            return Err((501, "SSE streaming not enabled"));
+        }
+        if self.counters.sse_streams >= self.config.sse.max_connections {
+            return Err((503, "too many SSE streams"));
+        }
+        let mut topics: Vec<String> = Vec::new();
+        let mut events: Vec<Box<str>> = Vec::new();
+        let mut cursor = request.header("last-event-id").map(str::to_string);
+        for (key, value) in http::query_pairs(&request.query) {
+            match key.as_str() {
+                "topic" => {
+                    for t in value.split(',').filter(|t| !t.is_empty()) {
+                        if !hub::valid_topic(t) {
+                            return Err((400, HubError::InvalidTopic.reason()));
+                        }
+                        if !topics.iter().any(|have| have == t) {
+                            topics.push(t.to_string());
+                        }
+                    }
+                }
+                "event" => events.extend(
+                    value
+                        .split(',')
+                        .filter(|e| !e.is_empty())
+                        .map(Box::<str>::from),
+                ),
+                "lastEventId" if cursor.is_none() => cursor = Some(value),
+                _ => {}
+            }
+        }
+        if topics.is_empty() {
+            return Err((400, "missing topic"));
+        }
+        if topics.len() > MAX_TOPICS_PER_STREAM {
+            return Err((400, "too many topics: at most 64 per stream"));
+        }
+        let mut subscriptions = Vec::with_capacity(topics.len());
+        for t in &topics {
+            match self.hub.subscribe(id, t) {
+                Ok(sub) => subscriptions.push(sub),
+                Err(e) => {
+                    for sub in subscriptions {
+                        self.hub.unsubscribe(sub);
+                    }
+                    return Err(match e {
+                        HubError::TooManyTopics => (503, e.reason()),
+                        _ => (400, e.reason()),
+                    });
+                }
+            }
+        }
+        let replay = cursor.map(|c| self.hub.replay(&subscriptions, &c));
+        let stream = SseStream {
+            subscriptions,
+            events: (!events.is_empty()).then(|| events.into_boxed_slice()),
+            last_write: now,
+        };
+        let limit = self.config.backpressure.max_queue_bytes;
+        let policy = policy(&self.config);
+        let retry_ms = self.config.sse.retry_ms;
+        let heartbeat = self.config.sse.heartbeat();
+        let Some(conn) = self.conn_mut(id) else {
+            return Ok(());
+        };
+        conn.inbuf = Vec::new();
+        conn.out.push_owned(sse::stream_opening(
+            retry_ms,
+            &conn.public_id.to_string(),
+            "",
+        ));
+        let mut overflow = false;
+        let mut dropped = 0;
+        if let Some(replay) = replay {
+            for event in replay.events.into_iter().filter(|e| stream.wants(&e.name)) {
+                match conn.out.push_event(event, limit, policy, sse::dropped) {
+                    Ok(n) => dropped += n,
+                    Err(Overflow::Disconnect) => {
+                        overflow = true;
+                        break;
+                    }
+                }
+            }
+            conn.out.push_owned(sse::recovery(replay.complete));
+        }
+        conn.phase = Phase::Sse(Box::new(stream));
+        self.counters.sse_streams += 1;
+        self.counters.events_dropped += dropped;
+        if overflow {
+            self.counters.slow_consumers_disconnected += 1;
+            self.close(id);
+            return Ok(());
+        }
+        self.set_deadline(id, Some(now + heartbeat));
+        self.want_write(id);
+        Ok(())
+    }
+}
+
+/// The small page served at `/`, to see the server work from a browser.
+const DEMO_PAGE: &str = include_str!("demo.html");
+
+fn id_of(index: usize, conn: &Conn) -> ConnId {
+    ConnId {
+        index: index as u32,
+        generation: conn.generation,
+    }
+}
+
+fn policy(config: &Config) -> Policy {
+    match config.backpressure.slow_consumer {
+        SlowConsumer::Disconnect => Policy::Disconnect,
+        SlowConsumer::DropOldest => Policy::DropOldest,
+    }
+}
+
+fn method_not_allowed(allow: &str, keep_alive: bool) -> Vec<u8> {
+    http::error_response(
+        405,
+        "method not allowed",
+        &format!("Allow: {allow}\r\n"),
+        keep_alive,
+    )
+}
+
+/// A response to `HEAD`: the head alone.
+fn strip_body(mut response: Vec<u8>) -> Vec<u8> {
+    if let Some(end) = response.windows(4).position(|w| w == b"\r\n\r\n") {
+        response.truncate(end + 4);
+    }
+    response
+}
+
+/// One item of a publish request: `(topic, event, data)`.
+fn publication(
+    item: &serde_json::Value,
+) -> Result<(&str, Option<&str>, &serde_json::Value), &'static str> {
+    let serde_json::Value::Object(fields) = item else {
+        return Err("expected an object or an array of objects");
+    };
+    let topic = match fields.get("topic") {
+        Some(serde_json::Value::String(t)) if hub::valid_topic(t) => t.as_str(),
+        Some(serde_json::Value::String(_)) => return Err(HubError::InvalidTopic.reason()),
+        _ => return Err("missing topic"),
+    };
+    let event = match fields.get("event") {
+        None | Some(serde_json::Value::Null) => None,
+        Some(serde_json::Value::String(e)) if hub::valid_event_name(e) => Some(e.as_str()),
+        Some(_) => return Err(HubError::InvalidEventName.reason()),
+    };
+    const NULL: serde_json::Value = serde_json::Value::Null;
+    Ok((topic, event, fields.get("data").unwrap_or(&NULL)))
+}
