@@ -1,0 +1,250 @@
+//! Loopback measurements of the real server binary: resident memory per idle SSE connection,
+//! and how long one publish takes to reach every one of N SSE clients.
+//!
+//! ```text
+//! bash -c 'ulimit -n 65536 && cargo bench --bench sse_loopback'
+//! bash -c 'ulimit -n 65536 && cargo bench --bench sse_loopback -- 1000 10000'   # client counts
+//! ```
+//!
+//! The server runs as a child process; the clients are non-blocking sockets on one mio loop in
+//! this process. A publish is a `POST /stream/publish` on a keep-alive connection; its latency
+//! to a client is from just before the POST is written to when that client has read the event.
+//! Both sides share the machine's cores, and reading N sockets in one thread adds to the time to
+//! reach the last client: the figures are an upper bound on the server's own cost.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream as StdStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use mio::net::TcpStream;
+use mio::{Events, Interest, Poll, Token};
+
+const PUBLISHES_PER_RUN: usize = 100;
+
+struct ServerProcess {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_server(max: usize) -> ServerProcess {
+    let config = std::env::temp_dir().join(format!("mcp-stream-bench-{}.json", std::process::id()));
+    std::fs::write(
+        &config,
+        serde_json::json!({
+            "max_connections": max + 16,
+            "streaming": {
+                "sse": { "max_connections": max + 16, "heartbeat_secs": 3600 },
+                "limits": { "idle_timeout_secs": 3600 }
+            }
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mcp-stream"))
+        .args(["--listen", "127.0.0.1:0", "--log-level", "warn", "--config"])
+        .arg(&config)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("server starts");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let _ = std::fs::remove_file(&config);
+    let addr = line
+        .trim()
+        .strip_prefix("listening on http://")
+        .expect("the listening line")
+        .parse()
+        .unwrap();
+    ServerProcess { child, addr }
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+struct Client {
+    stream: TcpStream,
+    /// Bytes read since the last event was found.
+    seen: Vec<u8>,
+    /// When the current publish reached it.
+    arrived: Option<Instant>,
+}
+
+/// Opens `n` SSE streams on topic `bench` and waits until each has its `connected` event.
+fn connect(poll: &Poll, addr: SocketAddr, n: usize) -> Vec<Client> {
+    let mut clients = Vec::with_capacity(n);
+    for i in 0..n {
+        let mut s = StdStream::connect(addr).expect("connect");
+        s.write_all(b"GET /stream/sse?topic=bench HTTP/1.1\r\nHost: bench\r\n\r\n")
+            .unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 512];
+        while !contains(&got, b"event: connected") {
+            let k = s.read(&mut buf).expect("stream opens");
+            assert!(k > 0, "stream closed while opening");
+            got.extend_from_slice(&buf[..k]);
+        }
+        s.set_nonblocking(true).unwrap();
+        let mut stream = TcpStream::from_std(s);
+        poll.registry()
+            .register(&mut stream, Token(i), Interest::READABLE)
+            .unwrap();
+        clients.push(Client {
+            stream,
+            seen: Vec::new(),
+            arrived: None,
+        });
+    }
+    clients
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+fn publish(http: &mut StdStream, seq: usize) {
+    let body = format!(
+        r#"{{"topic":"bench","data":[{seq},"{}"]}}"#,
+        "x".repeat(150)
+    );
+    write!(
+        http,
+        "POST /stream/publish HTTP/1.1\r\nHost: bench\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+}
+
+/// Reads the 202 of one publish from a keep-alive connection.
+fn read_response(http: &mut BufReader<StdStream>) {
+    let mut length = 0;
+    loop {
+        let mut line = String::new();
+        http.read_line(&mut line).unwrap();
+        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+            length = v.trim().parse().unwrap();
+        }
+        if line == "\r\n" {
+            break;
+        }
+    }
+    let mut body = vec![0; length];
+    http.read_exact(&mut body).unwrap();
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+fn show(label: &str, mut samples: Vec<Duration>) {
+    samples.sort();
+    println!(
+        "  {label:<28} p50 {:>9.3} ms   p99 {:>9.3} ms   min {:>8.3} ms   max {:>8.3} ms",
+        percentile(&samples, 0.5).as_secs_f64() * 1e3,
+        percentile(&samples, 0.99).as_secs_f64() * 1e3,
+        samples[0].as_secs_f64() * 1e3,
+        samples[samples.len() - 1].as_secs_f64() * 1e3,
+    );
+}
+
+fn run(n: usize) {
+    let server = start_server(n);
+    let before = rss_kib(server.child.id());
+    let mut poll = Poll::new().unwrap();
+    let mut clients = connect(&poll, server.addr, n);
+    // Let the server settle (it has answered every client already).
+    std::thread::sleep(Duration::from_millis(200));
+    let after = rss_kib(server.child.id());
+    println!(
+        "{n} idle SSE connections: server RSS {before} KiB -> {after} KiB, {:.0} bytes per connection",
+        (after.saturating_sub(before) * 1024) as f64 / n as f64
+    );
+
+    let http = StdStream::connect(server.addr).unwrap();
+    http.set_nodelay(true).unwrap();
+    let mut writer = http.try_clone().unwrap();
+    let mut reader = BufReader::new(http);
+    let mut events = Events::with_capacity(4096);
+    let mut per_delivery = Vec::with_capacity(PUBLISHES_PER_RUN * n);
+    let mut to_last = Vec::with_capacity(PUBLISHES_PER_RUN);
+    let mut buf = vec![0u8; 64 * 1024];
+    for seq in 0..PUBLISHES_PER_RUN + 5 {
+        let marker = format!("\"data\":[{seq},");
+        let sent = Instant::now();
+        publish(&mut writer, seq);
+        let mut waiting = n;
+        while waiting > 0 {
+            poll.poll(&mut events, Some(Duration::from_secs(10)))
+                .unwrap();
+            assert!(
+                !events.is_empty(),
+                "publish {seq} did not reach {waiting} clients"
+            );
+            for event in &events {
+                let c = &mut clients[event.token().0];
+                loop {
+                    match c.stream.read(&mut buf) {
+                        Ok(0) => panic!("server closed a stream"),
+                        Ok(k) => c.seen.extend_from_slice(&buf[..k]),
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                        Err(e) => panic!("read: {e}"),
+                    }
+                }
+                if c.arrived.is_none() && contains(&c.seen, marker.as_bytes()) {
+                    c.arrived = Some(Instant::now());
+                    c.seen.clear();
+                    waiting -= 1;
+                }
+            }
+        }
+        read_response(&mut reader);
+        // The first few warm up caches and connections.
+        let warm = seq >= 5;
+        let mut last = Duration::ZERO;
+        for c in &mut clients {
+            let d = c.arrived.take().unwrap() - sent;
+            last = last.max(d);
+            if warm {
+                per_delivery.push(d);
+            }
+        }
+        if warm {
+            to_last.push(last);
+        }
+    }
+    println!("one publish to {n} SSE clients, {PUBLISHES_PER_RUN} publishes:");
+    show("delivery to each client", per_delivery);
+    show("until the last client has it", to_last);
+}
+
+fn main() {
+    let counts: Vec<usize> = std::env::args()
+        .skip(1)
+        .filter_map(|a| a.parse().ok())
+        .collect();
+    let counts = if counts.is_empty() {
+        vec![1000, 10_000]
+    } else {
+        counts
+    };
+    for n in counts {
+        run(n);
+    }
+}

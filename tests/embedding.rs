@@ -1,0 +1,155 @@
+//! The embedding example runs the server inside a host loop that serves its own socket: both
+//! work side by side, and the host, its timer, HTTP and another thread can all publish.
+
+#[allow(dead_code)]
+#[path = "../examples/embedded.rs"]
+mod embedded;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::Duration;
+
+use mcp_stream::config::Config;
+use mcp_stream::Publisher;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+struct RunningHost {
+    http: SocketAddr,
+    echo: SocketAddr,
+    publisher: Publisher,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for RunningHost {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn start_host() -> RunningHost {
+    let stop = Arc::new(AtomicBool::new(false));
+    let (tx, rx) = mpsc::channel();
+    let flag = stop.clone();
+    let thread = std::thread::spawn(move || {
+        let mut config = Config::default();
+        config.listen = "127.0.0.1:0".parse().unwrap();
+        let mut host = embedded::Host::new(
+            config,
+            "127.0.0.1:0".parse().unwrap(),
+            Duration::from_millis(50),
+        )
+        .expect("host starts");
+        tx.send((
+            host.server.local_addr(),
+            host.echo_addr().unwrap(),
+            host.server.publisher(),
+        ))
+        .unwrap();
+        while !flag.load(Ordering::Relaxed) {
+            host.turn().expect("host loop turns");
+        }
+    });
+    let (http, echo, publisher) = rx.recv_timeout(WAIT).expect("host reports its addresses");
+    RunningHost {
+        http,
+        echo,
+        publisher,
+        stop,
+        thread: Some(thread),
+    }
+}
+
+/// Reads SSE lines until one equals `line`; returns everything read.
+fn read_until_line(reader: &mut BufReader<TcpStream>, line: &str) -> String {
+    let mut seen = String::new();
+    loop {
+        let mut next = String::new();
+        let n = reader.read_line(&mut next).expect("stream stays open");
+        assert!(n > 0, "stream ended before {line:?}; got:\n{seen}");
+        seen.push_str(&next);
+        if next.trim_end_matches('\n') == line {
+            return seen;
+        }
+    }
+}
+
+#[test]
+fn the_server_and_the_hosts_own_socket_work_side_by_side() {
+    let host = start_host();
+
+    let mut stream = TcpStream::connect(host.http).unwrap();
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    write!(
+        stream,
+        "GET /stream/sse?topic=ticks,jobs HTTP/1.1\r\nHost: x\r\n\r\n"
+    )
+    .unwrap();
+    let mut sse = BufReader::new(stream);
+    let opening = read_until_line(&mut sse, "event: connected");
+    assert!(opening.starts_with("HTTP/1.1 200 OK\r\n"), "{opening}");
+
+    // The host's timer publishes from the host's own code.
+    read_until_line(&mut sse, "event: tick");
+    let tick = read_until_line(&mut sse, "");
+    assert!(tick.contains(r#""topic":"ticks","event":"tick""#), "{tick}");
+
+    // The host's own socket answers meanwhile.
+    let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
+    udp.set_read_timeout(Some(WAIT)).unwrap();
+    udp.send_to(b"ping", host.echo).unwrap();
+    let mut buf = [0u8; 16];
+    let (n, from) = udp.recv_from(&mut buf).expect("echo answers");
+    assert_eq!((&buf[..n], from), (&b"ping"[..], host.echo));
+
+    // Another thread publishes through the waker the host gave the server.
+    let publisher = host.publisher.clone();
+    std::thread::spawn(move || {
+        publisher
+            .publish("jobs", Some("done"), serde_json::json!({"job": 7}))
+            .unwrap();
+    })
+    .join()
+    .unwrap();
+    read_until_line(&mut sse, "event: done");
+    let data = read_until_line(&mut sse, "");
+    assert!(data.contains(r#""topic":"jobs","event":"done""#), "{data}");
+    assert!(data.contains(r#""data":{"job":7}"#), "{data}");
+
+    // And an HTTP publish reaches the same stream.
+    let mut http = TcpStream::connect(host.http).unwrap();
+    http.set_read_timeout(Some(WAIT)).unwrap();
+    let body = r#"{"topic":"jobs","event":"http","data":1}"#;
+    write!(
+        http,
+        "POST /stream/publish HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut response = String::new();
+    http.read_to_string(&mut response).unwrap();
+    assert!(response.starts_with("HTTP/1.1 202 "), "{response}");
+    read_until_line(&mut sse, "event: http");
+}
+
+#[test]
+fn invalid_publications_are_refused_on_the_calling_thread() {
+    let host = start_host();
+    assert_eq!(
+        host.publisher
+            .publish("bad topic", None, serde_json::Value::Null),
+        Err(mcp_stream::PublisherError::Invalid(
+            "invalid topic name: 1-128 bytes of [A-Za-z0-9_.:/-]"
+        ))
+    );
+    assert!(host
+        .publisher
+        .try_publish("fine", Some("x"), serde_json::Value::Null)
+        .is_ok());
+}
