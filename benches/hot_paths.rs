@@ -74,8 +74,10 @@ fn drain(engine: &mut Engine) -> usize {
 }
 
 fn subscribed_engine(subscribers: usize) -> Engine {
-    let mut config = Config::default();
-    config.max_connections = subscribers + 1;
+    let mut config = Config {
+        max_connections: subscribers + 1,
+        ..Config::default()
+    };
     config.sse.max_connections = subscribers + 1;
     let mut engine = Engine::new(config, 1);
     let now = Instant::now();

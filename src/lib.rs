@@ -48,8 +48,10 @@
 //!
 //! let mut events = Events::with_capacity(256);
 //! for _ in 0..3 {
-//!     let timeout = server.poll_timeout(Instant::now()).map(|t| t.min(Duration::from_millis(10)));
-//!     poll.poll(&mut events, timeout)?;
+//!     // A host with deadlines of its own takes the earlier of the two.
+//!     let host_deadline = Duration::from_millis(10);
+//!     let timeout = server.poll_timeout(Instant::now()).map_or(host_deadline, |t| t.min(host_deadline));
+//!     poll.poll(&mut events, Some(timeout))?;
 //!     let now = Instant::now();
 //!     for event in &events {
 //!         if server.owns(event.token()) {

@@ -38,8 +38,10 @@ fn start_host() -> RunningHost {
     let (tx, rx) = mpsc::channel();
     let flag = stop.clone();
     let thread = std::thread::spawn(move || {
-        let mut config = Config::default();
-        config.listen = "127.0.0.1:0".parse().unwrap();
+        let config = Config {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            ..Config::default()
+        };
         let mut host = embedded::Host::new(
             config,
             "127.0.0.1:0".parse().unwrap(),

@@ -1,5 +1,5 @@
 //! The mio driver: sockets, tokens, timers, signals and the clock around the sans-IO
-//! [`Engine`](crate::proto::engine::Engine).
+//! engine ([`crate::proto::engine::Engine`]).
 //!
 //! Its public face is the embedding API: a host that owns a [`mio::Poll`] registers a [`Server`]
 //! with a [`TokenRange`] it chooses, hands it the events of those tokens, and sleeps no longer

@@ -1,6 +1,6 @@
 //! Byte-bounded write queues: what a connection has yet to send, and the slow-consumer policy.
 //!
-//! A queue holds a list of chunks. Published events are [`Chunk::Event`]s: a reference to the one
+//! A queue holds a list of chunks. Published events are event chunks: a reference to the one
 //! encoding every subscriber shares, never a copy. Bytes made for one connection (response heads,
 //! control events) are owned chunks and are never dropped. The queue counts the bytes it holds and
 //! refuses to grow past its bound: the caller decides, by policy, whether that disconnects the
