@@ -46,6 +46,9 @@ const LINGER: Duration = Duration::from_secs(2);
 const REFUSAL_RESERVE: usize = 64;
 /// The most topics one SSE request may subscribe to.
 const MAX_TOPICS_PER_STREAM: usize = 64;
+/// An input buffer larger than this is freed once empty; smaller ones are kept for the next
+/// request of a keep-alive connection.
+const IDLE_BUFFER_CAPACITY: usize = 4096;
 /// What a `503` asks the client to wait, in seconds.
 const RETRY_AFTER_SECS: u32 = 1;
 
@@ -137,6 +140,10 @@ struct Conn {
     phase: Phase,
     /// Input not yet parsed.
     inbuf: Vec<u8>,
+    /// How much of a partial head in `inbuf` is known to hold no end of head.
+    head_searched: usize,
+    /// The peer has ended its side.
+    peer_closed: bool,
     out: WriteQueue,
     timer: TimerSlot,
     /// A [`Action::Write`] for it is waiting in the action queue.
@@ -253,6 +260,8 @@ impl Engine {
             public_id: self.next_public_id,
             phase: Phase::Head,
             inbuf: Vec::new(),
+            head_searched: 0,
+            peer_closed: false,
             out: WriteQueue::default(),
             timer: TimerSlot::default(),
             write_pending: false,
@@ -263,7 +272,7 @@ impl Engine {
         self.counters.connections += 1;
         if counted {
             self.counted_connections += 1;
-            self.set_deadline(id, Some(now + self.config.limits.head_timeout()));
+            self.set_deadline(id, now.checked_add(self.config.limits.head_timeout()));
         } else {
             self.counters.connections_refused += 1;
             self.fail(
@@ -296,13 +305,14 @@ impl Engine {
         let Some(conn) = self.conn_mut(id) else {
             return;
         };
-        let flushing =
-            !conn.out.is_empty() && !matches!(conn.phase, Phase::Sse(_) | Phase::Closing);
-        if flushing {
-            // Answers to what it sent still go out (a client may half-close after a request).
-            self.start_closing(now, id);
-        } else {
-            self.close(id);
+        conn.peer_closed = true;
+        match conn.phase {
+            Phase::Sse(_) => self.close(id),
+            _ if conn.out.is_empty() => self.close(id),
+            // What it is owed still goes out (a client may half-close after a request); the
+            // connection closes once that is written.
+            Phase::Closing => {}
+            _ => self.start_closing(now, id),
         }
     }
 
@@ -348,13 +358,19 @@ impl Engine {
 
     /// `id`'s queue is empty: what now.
     pub fn on_drained(&mut self, id: ConnId) -> Drained {
-        match self.conn_mut(id) {
-            Some(conn) if matches!(conn.phase, Phase::Closing) && !conn.write_shut => {
-                conn.write_shut = true;
-                Drained::ShutdownWrite
-            }
-            _ => Drained::Open,
+        let Some(conn) = self.conn_mut(id) else {
+            return Drained::Open;
+        };
+        if !matches!(conn.phase, Phase::Closing) || conn.write_shut {
+            return Drained::Open;
         }
+        if conn.peer_closed {
+            // Both sides are done: nothing to linger for.
+            self.close(id);
+            return Drained::Open;
+        }
+        conn.write_shut = true;
+        Drained::ShutdownWrite
     }
 
     /// The next deadline, if any.
@@ -389,7 +405,10 @@ impl Engine {
         if self.is_shutting_down() {
             return;
         }
-        self.drain_deadline = Some(now + self.config.limits.drain_timeout());
+        self.drain_deadline = Some(
+            now.checked_add(self.config.limits.drain_timeout())
+                .unwrap_or(now),
+        );
         let all: Vec<ConnId> = self.conns.iter().map(|(i, c)| id_of(i, c)).collect();
         for id in all {
             let Some(conn) = self.conn(id) else { continue };
@@ -530,7 +549,7 @@ impl Engine {
                 self.hub.unsubscribe(sub);
             }
         }
-        self.set_deadline(id, Some(now + LINGER));
+        self.set_deadline(id, now.checked_add(LINGER));
         self.want_write(id);
     }
 
@@ -569,7 +588,7 @@ impl Engine {
         if keep_alive {
             conn.phase = Phase::Idle;
             let idle = self.config.limits.idle_timeout();
-            self.set_deadline(id, Some(now + idle));
+            self.set_deadline(id, now.checked_add(idle));
             self.want_write(id);
         } else {
             self.start_closing(now, id);
@@ -604,17 +623,21 @@ impl Engine {
             Phase::Sse(stream) => {
                 // A queue that is not empty says the stream is not idle (or the client is not
                 // reading, which its bound deals with): no ping then.
-                let idle = now >= stream.last_write + heartbeat && conn.out.is_empty();
+                let idle = now.saturating_duration_since(stream.last_write) >= heartbeat
+                    && conn.out.is_empty();
                 if idle {
                     conn.out.push_static(sse::HEARTBEAT);
                     stream.last_write = now;
                 }
-                let due = stream.last_write + heartbeat;
-                let next = if due > now { due } else { now + heartbeat };
+                let next = stream
+                    .last_write
+                    .checked_add(heartbeat)
+                    .filter(|due| *due > now)
+                    .or_else(|| now.checked_add(heartbeat));
                 if idle {
                     self.want_write(id);
                 }
-                self.set_deadline(id, Some(next));
+                self.set_deadline(id, next);
             }
         }
     }
@@ -622,6 +645,10 @@ impl Engine {
     // ---- HTTP ----
 
     /// Parses and serves every complete request in `id`'s input.
+    ///
+    /// Linear in the input: a head is parsed only once its terminator has arrived (the bytes
+    /// already searched are not searched again), and what was used is removed from the buffer
+    /// once, at the end, however many pipelined requests it held.
     fn advance(&mut self, now: Instant, id: ConnId) {
         let limits = &self.config.limits;
         let (max_head, max_body, max_headers) = (
@@ -629,16 +656,26 @@ impl Engine {
             limits.max_body_bytes,
             limits.max_header_count,
         );
+        let mut used = 0;
         while let Some(index) = self.index_of(id) {
             let conn = &mut self.conns[index];
+            // Empty once a phase change has taken the buffer (a stream, a close).
+            let input = conn.inbuf.get(used..).unwrap_or_default();
             match &mut conn.phase {
                 Phase::Idle | Phase::Head => {
-                    if conn.inbuf.is_empty() {
-                        return;
+                    if input.is_empty() {
+                        break;
                     }
-                    match http::parse_head(&conn.inbuf, max_headers, max_head) {
+                    let searched = conn.head_searched.saturating_sub(3).min(input.len());
+                    let complete = has_head_end(&input[searched..]);
+                    let parsed = if complete {
+                        http::parse_head(input, max_headers, max_head)
+                    } else {
+                        Ok(None)
+                    };
+                    match parsed {
                         Err(e) => return self.fail(now, id, e),
-                        Ok(None) if conn.inbuf.len() > max_head => {
+                        Ok(None) if input.len() > max_head => {
                             return self.fail(
                                 now,
                                 id,
@@ -649,48 +686,58 @@ impl Engine {
                             )
                         }
                         Ok(None) => {
+                            conn.head_searched = input.len();
                             if matches!(conn.phase, Phase::Idle) {
                                 conn.phase = Phase::Head;
                                 let head = self.config.limits.head_timeout();
-                                self.set_deadline(id, Some(now + head));
+                                self.set_deadline(id, now.checked_add(head));
                             }
-                            return;
+                            break;
                         }
                         Ok(Some((request, n))) => {
-                            conn.inbuf.drain(..n);
+                            used += n;
+                            conn.head_searched = 0;
                             self.counters.requests += 1;
-                            if let Err(e) = self.start_body(now, id, request) {
+                            let body_waiting = conn.inbuf.len() > used;
+                            if let Err(e) = self.start_body(now, id, request, body_waiting) {
                                 return self.fail(now, id, e);
                             }
                         }
                     }
                 }
-                Phase::Body(b) => {
-                    let r = b
-                        .decoder
-                        .decode(&conn.inbuf, &mut b.body, max_body, max_head);
-                    match r {
-                        Err(e) => return self.fail(now, id, e),
-                        Ok(d) => {
-                            conn.inbuf.drain(..d.consumed);
-                            if !d.done {
-                                return;
-                            }
-                            let Phase::Body(b) = std::mem::replace(&mut conn.phase, Phase::Head)
-                            else {
-                                return;
-                            };
-                            self.dispatch(now, id, b.request, b.body);
+                Phase::Body(b) => match b.decoder.decode(input, &mut b.body, max_body, max_head) {
+                    Err(e) => return self.fail(now, id, e),
+                    Ok(d) => {
+                        used += d.consumed;
+                        if !d.done {
+                            break;
                         }
+                        let Phase::Body(b) = std::mem::replace(&mut conn.phase, Phase::Head) else {
+                            break;
+                        };
+                        self.dispatch(now, id, b.request, b.body);
                     }
-                }
+                },
+                // The buffer went with the phase change.
                 Phase::Sse(_) | Phase::Closing => return,
+            }
+        }
+        if let Some(conn) = self.conn_mut(id) {
+            conn.inbuf.drain(..used.min(conn.inbuf.len()));
+            if conn.inbuf.is_empty() && conn.inbuf.capacity() > IDLE_BUFFER_CAPACITY {
+                conn.inbuf = Vec::new();
             }
         }
     }
 
     /// After a head: serves a request without a body at once, or starts reading its body.
-    fn start_body(&mut self, now: Instant, id: ConnId, request: Request) -> Result<(), HttpError> {
+    fn start_body(
+        &mut self,
+        now: Instant,
+        id: ConnId,
+        request: Request,
+        body_waiting: bool,
+    ) -> Result<(), HttpError> {
         let kind = request.body_kind()?;
         if let http::BodyKind::Length(n) = kind {
             if n > self.config.limits.max_body_bytes as u64 {
@@ -706,7 +753,7 @@ impl Engine {
         };
         let body_timeout = self.config.limits.body_timeout();
         if let Some(conn) = self.conn_mut(id) {
-            if request.expects_continue() && conn.inbuf.is_empty() {
+            if request.expects_continue() && !body_waiting {
                 conn.out.push_static(b"HTTP/1.1 100 Continue\r\n\r\n");
             }
             conn.phase = Phase::Body(Box::new(BodyPhase {
@@ -715,7 +762,7 @@ impl Engine {
                 body: Vec::new(),
             }));
         }
-        self.set_deadline(id, Some(now + body_timeout));
+        self.set_deadline(id, now.checked_add(body_timeout));
         self.want_write(id);
         Ok(())
     }
@@ -907,7 +954,7 @@ impl Engine {
             self.close(id);
             return Ok(());
         }
-        self.set_deadline(id, Some(now + heartbeat));
+        self.set_deadline(id, now.checked_add(heartbeat));
         self.want_write(id);
         Ok(())
     }
@@ -915,6 +962,14 @@ impl Engine {
 
 /// The small page served at `/`, to see the server work from a browser.
 const DEMO_PAGE: &str = include_str!("demo.html");
+
+/// Whether `bytes` hold the blank line that ends a request head.
+fn has_head_end(bytes: &[u8]) -> bool {
+    bytes
+        .windows(2)
+        .enumerate()
+        .any(|(i, w)| w == b"\n\n" || (w == b"\r\n" && i > 0 && bytes[i - 1] == b'\n'))
+}
 
 fn id_of(index: usize, conn: &Conn) -> ConnId {
     ConnId {
@@ -966,4 +1021,133 @@ fn publication(
     };
     const NULL: serde_json::Value = serde_json::Value::Null;
     Ok((topic, event, fields.get("data").unwrap_or(&NULL)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PEER: &str = "127.0.0.1:1";
+
+    fn engine(config: Config) -> Engine {
+        Engine::new(config, 0xabc)
+    }
+
+    /// Runs the actions as a driver whose sockets take everything: returns what each
+    /// connection was sent, and which were closed or had their write side shut.
+    #[derive(Default)]
+    struct Wire {
+        sent: std::collections::HashMap<ConnId, Vec<u8>>,
+        closed: Vec<ConnId>,
+        shut: Vec<ConnId>,
+    }
+
+    impl Wire {
+        fn run(&mut self, engine: &mut Engine) {
+            while let Some((id, action)) = engine.poll_action() {
+                if action == Action::Close {
+                    self.closed.push(id);
+                    continue;
+                }
+                loop {
+                    let mut slices = [IoSlice::new(&[]); 8];
+                    let n = engine.output(id, &mut slices);
+                    if n == 0 {
+                        break;
+                    }
+                    let out = self.sent.entry(id).or_default();
+                    let mut bytes = 0;
+                    for s in &slices[..n] {
+                        out.extend_from_slice(s);
+                        bytes += s.len();
+                    }
+                    engine.consume_output(id, bytes);
+                }
+                if engine.on_drained(id) == Drained::ShutdownWrite {
+                    self.shut.push(id);
+                }
+            }
+        }
+
+        fn text(&self, id: ConnId) -> String {
+            String::from_utf8_lossy(self.sent.get(&id).map_or(&[][..], |v| v)).into_owned()
+        }
+    }
+
+    #[test]
+    fn a_head_sent_one_byte_at_a_time_is_served() {
+        let mut e = engine(Config::default());
+        let now = Instant::now();
+        let id = e.accept(now, PEER.parse().unwrap()).unwrap();
+        let mut wire = Wire::default();
+        for b in b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n" {
+            e.handle_input(now, id, &[*b]);
+            wire.run(&mut e);
+        }
+        assert!(wire.text(id).starts_with("HTTP/1.1 200 OK\r\n"));
+        assert_eq!(e.counters().requests, 1);
+    }
+
+    #[test]
+    fn a_half_closed_client_still_gets_its_error() {
+        let mut e = engine(Config::default());
+        let now = Instant::now();
+        let id = e.accept(now, PEER.parse().unwrap()).unwrap();
+        // The bad request and the end of stream arrive before the driver writes anything.
+        e.handle_input(now, id, b"NOT HTTP\r\n\r\n");
+        e.handle_read_closed(now, id);
+        let mut wire = Wire::default();
+        wire.run(&mut e);
+        assert!(
+            wire.text(id).starts_with("HTTP/1.1 400 "),
+            "{}",
+            wire.text(id)
+        );
+        // Both sides are done: it closes without lingering.
+        assert_eq!(wire.closed, vec![id]);
+        assert_eq!(e.connection_count(), 0);
+    }
+
+    #[test]
+    fn an_sse_request_with_bytes_after_it_opens_the_stream() {
+        let mut e = engine(Config::default());
+        let now = Instant::now();
+        let id = e.accept(now, PEER.parse().unwrap()).unwrap();
+        e.handle_input(
+            now,
+            id,
+            b"GET /stream/sse?topic=t HTTP/1.1\r\n\r\nGET /health HTTP/1.1\r\n\r\n",
+        );
+        e.handle_input(now, id, b"more");
+        let mut wire = Wire::default();
+        wire.run(&mut e);
+        assert!(wire.text(id).contains("event: connected"));
+        assert!(!wire.text(id).contains("\"status\":\"ok\""));
+        assert_eq!(e.counters().sse_streams, 1);
+    }
+
+    #[test]
+    fn heartbeats_come_only_when_the_stream_is_idle() {
+        let mut config = Config::default();
+        config.sse.heartbeat_secs = 10;
+        let mut e = engine(config);
+        let t0 = Instant::now();
+        let id = e.accept(t0, PEER.parse().unwrap()).unwrap();
+        e.handle_input(t0, id, b"GET /stream/sse?topic=t HTTP/1.1\r\n\r\n");
+        let mut wire = Wire::default();
+        wire.run(&mut e);
+        let at = |s| t0 + Duration::from_secs(s);
+        e.publish(at(8), "t", None, &serde_json::Value::Null)
+            .unwrap();
+        wire.run(&mut e);
+        // 10 s after the opening the stream is not idle: it sent an event at 8 s.
+        e.handle_timeout(at(10));
+        wire.run(&mut e);
+        assert!(!wire.text(id).contains(": ping"));
+        assert_eq!(e.poll_timeout(), Some(at(18)));
+        e.handle_timeout(at(18));
+        wire.run(&mut e);
+        assert_eq!(wire.text(id).matches(": ping\n\n").count(), 1);
+        assert_eq!(e.poll_timeout(), Some(at(28)));
+    }
 }
