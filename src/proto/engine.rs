@@ -822,18 +822,22 @@ impl Engine {
                 Err(reason) => return bad(reason),
             }
         }
+        // All of the batch or none of it: a client told to retry must not duplicate a part.
+        if !self
+            .hub
+            .has_room_for(checked.iter().map(|(topic, _, _)| *topic))
+        {
+            return http::error_response(
+                503,
+                HubError::TooManyTopics.reason(),
+                &format!("Retry-After: {RETRY_AFTER_SECS}\r\n"),
+                keep_alive,
+            );
+        }
         let mut ids = Vec::with_capacity(checked.len());
         for (topic, event, data) in checked {
             match self.publish(now, topic, event, data) {
                 Ok(id) => ids.push(serde_json::Value::String(id.to_string())),
-                Err(HubError::TooManyTopics) => {
-                    return http::error_response(
-                        503,
-                        HubError::TooManyTopics.reason(),
-                        &format!("Retry-After: {RETRY_AFTER_SECS}\r\n"),
-                        keep_alive,
-                    )
-                }
                 Err(e) => return bad(e.reason()),
             }
         }

@@ -267,6 +267,26 @@ impl Hub {
         Ok((event, index))
     }
 
+    /// Whether publishing on every one of `names` would find room for the topics it creates,
+    /// without evicting any topic that is itself among `names`.
+    pub fn has_room_for<'a>(&self, names: impl IntoIterator<Item = &'a str>) -> bool {
+        let mut seen: Vec<&str> = Vec::new();
+        let (mut new, mut pinned) = (0, 0);
+        for name in names {
+            if seen.contains(&name) {
+                continue;
+            }
+            seen.push(name);
+            match self.by_name.get(name).map(|&i| &self.topics[i]) {
+                None => new += 1,
+                Some(t) if t.unwatched_key.is_some() => pinned += 1,
+                Some(_) => {}
+            }
+        }
+        let watched = self.topics.len() - self.unwatched.len();
+        new == 0 || watched + pinned + new <= self.max_topics
+    }
+
     /// The subscribers of the topic at `index`.
     pub fn subscribers(&self, index: usize) -> impl Iterator<Item = ConnId> + '_ {
         self.topics
@@ -517,6 +537,23 @@ mod tests {
         let old = hub.subscribe(conn(2), "old").unwrap();
         assert!(!hub.replay(&[old], "00000001-0").complete);
         assert!(hub.replay(&[old], "00000001-2").complete);
+    }
+
+    #[test]
+    fn room_for_new_topics_counts_what_could_be_evicted() {
+        let mut hub = Hub::new(1, 5, 3);
+        let now = Instant::now();
+        hub.subscribe(conn(1), "w").unwrap();
+        hub.publish(now, "u", "message", &json!(0)).unwrap();
+        hub.publish(now, "v", "message", &json!(0)).unwrap();
+        // Full: "w" is watched, "u" and "v" can go.
+        assert!(hub.has_room_for(["w", "u", "v"]));
+        assert!(hub.has_room_for(["x", "y"]));
+        assert!(hub.has_room_for(["x", "u"]));
+        // Three new topics, or a new one that would push out the other it is published with.
+        assert!(!hub.has_room_for(["x", "y", "z"]));
+        assert!(!hub.has_room_for(["x", "u", "v"]));
+        assert!(hub.has_room_for(["x", "x", "u"]));
     }
 
     #[test]
