@@ -21,8 +21,8 @@
 //! let mut config = Config::default();
 //! config.listen = "127.0.0.1:0".parse().unwrap();
 //! let server = Server::bind(config)?;
-//! println!("listening on http://{}", server.local_addr());
-//! server.run()?; // until SIGINT or SIGTERM, then a graceful drain
+//! // Until SIGINT or SIGTERM, then a graceful drain.
+//! server.run(|addr| println!("listening on http://{addr}"))?;
 //! # Ok::<(), std::io::Error>(())
 //! ```
 //!

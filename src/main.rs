@@ -65,16 +65,19 @@ fn serve(args: &ServeArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let mut stdout = std::io::stdout();
-    // Exactly one line on stdout, flushed, so that a parent can read the address.
-    if writeln!(stdout, "listening on http://{}", server.local_addr())
-        .and_then(|()| stdout.flush())
-        .is_err()
-    {
-        log::warn!("stdout is closed; serving anyway");
-    }
-    log::info!("serving on {}", server.local_addr());
-    match server.run() {
+    // Exactly one line on stdout, flushed, so that a parent can read the address; printed
+    // once SIGTERM already means a graceful drain.
+    let ready = |addr| {
+        let mut stdout = std::io::stdout();
+        if writeln!(stdout, "listening on http://{addr}")
+            .and_then(|()| stdout.flush())
+            .is_err()
+        {
+            log::warn!("stdout is closed; serving anyway");
+        }
+        log::info!("serving on {addr}");
+    };
+    match server.run(ready) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             log::error!("server stopped: {e}");

@@ -77,8 +77,7 @@ fn events_queued_for_a_stream_are_delivered_before_it_ends() {
     sse.read_opening();
     // More than the kernel can hold between the server and this client (its send buffer is
     // at most the autotuning maximum; the receive buffer is a few KiB): at least ~0.5 MB must
-    // still wait in the server's queue when the signal comes. (Not much more: the drain of a
-    // stream has a fixed 2 s linger, see the ignored test below.)
+    // still wait in the server's queue when the signal comes.
     const PAYLOAD: usize = 3000;
     let count = (common::kernel_send_buffer_max() + (512 << 10)) / PAYLOAD;
     let payload = "q".repeat(PAYLOAD);
@@ -150,7 +149,6 @@ fn a_second_sigterm_during_the_drain_still_exits_0() {
 }
 
 #[test]
-#[ignore = "bug: a stream's drain at shutdown is cut after the fixed 2 s LINGER (engine.rs start_closing), not bounded by drain_timeout_ms"]
 fn a_slow_but_reading_stream_is_drained_until_the_drain_timeout() {
     // drain_timeout_ms is 30 s: a client that keeps reading, if slowly, must get everything
     // queued for it before its stream ends (CONTRACT: "flush what is queued (bounded by a drain

@@ -414,8 +414,9 @@ impl Server {
     }
 
     /// Serves on its own [`Poll`] until SIGINT or SIGTERM, then drains and returns. A second
-    /// signal during the drain stops at once.
-    pub fn run(mut self) -> io::Result<()> {
+    /// signal during the drain stops at once. `ready` is called with the listen address once
+    /// the signal handlers are in place, before the first connection is served.
+    pub fn run(mut self, ready: impl FnOnce(SocketAddr)) -> io::Result<()> {
         use signal_hook::consts::{SIGINT, SIGTERM};
         const SIGNALS: Token = Token(0);
 
@@ -431,6 +432,7 @@ impl Server {
             },
         )?;
         self.enable_waker()?;
+        ready(self.local_addr);
         let mut events = Events::with_capacity(1024);
         loop {
             let timeout = self.poll_timeout(Instant::now());
@@ -589,12 +591,11 @@ impl Server {
             }
         }
         self.set_writable(id, false);
-        if self.engine.on_drained(id) == Drained::ShutdownWrite {
+        if self.engine.on_drained(now, id) == Drained::ShutdownWrite {
             if let Some(socket) = self.socket_mut(id) {
                 let _ = socket.stream.shutdown(Shutdown::Write);
             }
         }
-        let _ = now;
     }
 
     /// Derives write interest from whether output is pending; reregisters only on a change.

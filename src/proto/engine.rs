@@ -39,8 +39,9 @@ use super::ConnId;
 use crate::config::{Config, SlowConsumer};
 use crate::features::{Feature, FeatureSet};
 
-/// How long a closing connection may take to drain its output and see the peer's end of stream
-/// after its write side is shut, before it is dropped.
+/// How long a closing connection may take to send its last bytes, and then to send its end of
+/// stream after ours, before it is dropped. During a shutdown the drain deadline bounds the
+/// first part instead.
 const LINGER: Duration = Duration::from_secs(2);
 /// Connections accepted beyond `max_connections` only to be told `503`.
 const REFUSAL_RESERVE: usize = 64;
@@ -356,8 +357,9 @@ impl Engine {
             .consume(written, |_| counters.events_sent += 1);
     }
 
-    /// `id`'s queue is empty: what now.
-    pub fn on_drained(&mut self, id: ConnId) -> Drained {
+    /// `id`'s queue is empty: what now. `now` starts the linger time of a connection whose
+    /// write side is shut.
+    pub fn on_drained(&mut self, now: Instant, id: ConnId) -> Drained {
         let Some(conn) = self.conn_mut(id) else {
             return Drained::Open;
         };
@@ -370,6 +372,7 @@ impl Engine {
             return Drained::Open;
         }
         conn.write_shut = true;
+        self.set_deadline(id, now.checked_add(LINGER));
         Drained::ShutdownWrite
     }
 
@@ -549,7 +552,14 @@ impl Engine {
                 self.hub.unsubscribe(sub);
             }
         }
-        self.set_deadline(id, now.checked_add(LINGER));
+        // While draining for shutdown the drain deadline bounds the flush; otherwise a client
+        // that does not take its last bytes gets the linger time.
+        let deadline = if self.is_shutting_down() {
+            None
+        } else {
+            now.checked_add(LINGER)
+        };
+        self.set_deadline(id, deadline);
         self.want_write(id);
     }
 
@@ -1067,7 +1077,7 @@ mod tests {
                     }
                     engine.consume_output(id, bytes);
                 }
-                if engine.on_drained(id) == Drained::ShutdownWrite {
+                if engine.on_drained(Instant::now(), id) == Drained::ShutdownWrite {
                     self.shut.push(id);
                 }
             }
