@@ -46,8 +46,11 @@ fn sse_encode(c: &mut Criterion) {
                 "news".into(),
                 "update",
                 black_box(&data),
+                None,
                 now,
             )
+            .sse_bytes()
+            .len()
         })
     });
 }

@@ -10,13 +10,13 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use slab::Slab;
 
-use super::sse;
 use super::ConnId;
+use super::{sse, ws};
 
 /// The longest topic name, in bytes.
 pub const MAX_TOPIC_BYTES: usize = 128;
@@ -56,62 +56,91 @@ impl fmt::Display for EventId {
     }
 }
 
-/// A published event, encoded once for every transport that carries it.
+/// A published event. Each transport that carries it encodes it once, the first time it is
+/// needed, and every connection of that transport shares those bytes.
 #[derive(Debug)]
 pub struct Event {
     /// Its id.
     pub id: EventId,
-    /// The topic it was published on.
+    /// The topic it was published on (empty for a broadcast to every WebSocket client).
     pub topic: Arc<str>,
     /// Its event name (`"message"` when none was given).
     pub name: Box<str>,
     /// When it was published, for delivery latency.
     pub published_at: Instant,
-    /// The envelope clients see, `{"type":"event","topic":…,"event":…,"id":…,"data":…}`.
-    envelope: Box<str>,
-    /// The SSE block carrying the envelope.
-    sse: Box<[u8]>,
+    /// The data, as JSON text.
+    data: Box<str>,
+    /// For a WebSocket broadcast: the sender's connection id.
+    from: Option<Box<str>>,
+    sse: OnceLock<Box<[u8]>>,
+    ws: OnceLock<Box<[u8]>>,
 }
 
 impl Event {
-    /// Encodes an event. `name` must be valid ([`valid_event_name`]).
+    /// An event. `name` must be valid ([`valid_event_name`]). With `from`, it is a WebSocket
+    /// broadcast from that connection.
     pub fn new(
         id: EventId,
         topic: Arc<str>,
         name: &str,
         data: &serde_json::Value,
+        from: Option<&str>,
         published_at: Instant,
     ) -> Event {
-        let id_text = id.to_string();
-        let mut envelope = String::with_capacity(64 + topic.len() + name.len());
-        envelope.push_str(r#"{"type":"event","topic":"#);
-        push_json_string(&mut envelope, &topic);
-        envelope.push_str(r#","event":"#);
-        push_json_string(&mut envelope, name);
-        envelope.push_str(r#","id":""#);
-        envelope.push_str(&id_text);
-        envelope.push_str(r#"","data":"#);
-        envelope.push_str(&data.to_string());
-        envelope.push('}');
-        let sse = sse::event_block(&id_text, name, &envelope).into_boxed_slice();
         Event {
             id,
             topic,
             name: name.into(),
             published_at,
-            envelope: envelope.into_boxed_str(),
-            sse,
+            data: data.to_string().into_boxed_str(),
+            from: from.map(Into::into),
+            sse: OnceLock::new(),
+            ws: OnceLock::new(),
         }
     }
 
-    /// The JSON envelope, as SSE `data:` and WebSocket text frames carry it.
-    pub fn envelope(&self) -> &str {
-        &self.envelope
+    /// The envelope clients see, `{"type":"event","topic":…,"event":…,"id":…,"data":…}`.
+    pub fn envelope(&self) -> String {
+        let mut out = String::with_capacity(64 + self.topic.len() + self.data.len());
+        out.push_str(r#"{"type":"event","topic":"#);
+        push_json_string(&mut out, &self.topic);
+        out.push_str(r#","event":"#);
+        push_json_string(&mut out, &self.name);
+        out.push_str(r#","id":""#);
+        out.push_str(&self.id.to_string());
+        out.push_str(r#"","data":"#);
+        out.push_str(&self.data);
+        out.push('}');
+        out
     }
 
     /// The complete SSE block (`id:`, `event:`, `data:` and the blank line).
     pub fn sse_bytes(&self) -> &[u8] {
-        &self.sse
+        self.sse.get_or_init(|| {
+            sse::event_block(&self.id.to_string(), &self.name, &self.envelope()).into_boxed_slice()
+        })
+    }
+
+    /// The WebSocket text frame: the envelope, or for a broadcast
+    /// `{"type":"broadcast","data":…,"from":…,"id":…}`.
+    pub fn ws_frame(&self) -> &[u8] {
+        self.ws.get_or_init(|| {
+            let text = match &self.from {
+                None => self.envelope(),
+                Some(from) => {
+                    let mut out = String::with_capacity(64 + self.data.len());
+                    out.push_str(r#"{"type":"broadcast","data":"#);
+                    out.push_str(&self.data);
+                    out.push_str(r#","from":"#);
+                    push_json_string(&mut out, from);
+                    out.push_str(r#","id":""#);
+                    out.push_str(&self.id.to_string());
+                    out.push_str(r#""}"#);
+                    out
+                }
+            };
+            ws::text_frame(text.as_bytes()).into_boxed_slice()
+        })
     }
 }
 
@@ -231,26 +260,24 @@ impl Hub {
         self.topics.iter().map(|(_, t)| &*t.name)
     }
 
-    /// Publishes an event: gives it an id, encodes it once, keeps it in the topic's history.
-    /// Returns it with the topic's index for [`Hub::subscribers`].
+    /// Publishes an event: gives it an id and keeps it in the topic's history. With `from`, it
+    /// is a WebSocket broadcast to the topic's room from that connection. Returns it with the
+    /// topic's index for [`Hub::subscribers`].
     pub fn publish(
         &mut self,
         now: Instant,
         topic: &str,
         name: &str,
         data: &serde_json::Value,
+        from: Option<&str>,
     ) -> Result<(Arc<Event>, usize), HubError> {
         if !valid_event_name(name) {
             return Err(HubError::InvalidEventName);
         }
         let index = self.topic_index(topic)?;
-        self.last_seq += 1;
-        let id = EventId {
-            epoch: self.epoch,
-            seq: self.last_seq,
-        };
+        let id = self.next_id();
         let t = &mut self.topics[index];
-        let event = Arc::new(Event::new(id, t.name.clone(), name, data, now));
+        let event = Arc::new(Event::new(id, t.name.clone(), name, data, from, now));
         if self.history == 0 {
             t.lost_through = id.seq;
         } else {
@@ -285,6 +312,32 @@ impl Hub {
         }
         let watched = self.topics.len() - self.unwatched.len();
         new == 0 || watched + pinned + new <= self.max_topics
+    }
+
+    /// A broadcast to every WebSocket client, outside any topic: it gets an id but no history.
+    pub fn broadcast_to_all(
+        &mut self,
+        now: Instant,
+        data: &serde_json::Value,
+        from: &str,
+    ) -> Arc<Event> {
+        let id = self.next_id();
+        Arc::new(Event::new(
+            id,
+            "".into(),
+            "broadcast",
+            data,
+            Some(from),
+            now,
+        ))
+    }
+
+    fn next_id(&mut self) -> EventId {
+        self.last_seq += 1;
+        EventId {
+            epoch: self.epoch,
+            seq: self.last_seq,
+        }
     }
 
     /// The subscribers of the topic at `index`.
@@ -444,7 +497,13 @@ mod tests {
     fn envelope_and_sse_block_are_encoded_once_as_the_contract_says() {
         let mut hub = Hub::new(0xab, 10, 10);
         let (e, _) = hub
-            .publish(Instant::now(), "news", "update", &json!({"any":"json"}))
+            .publish(
+                Instant::now(),
+                "news",
+                "update",
+                &json!({"any":"json"}),
+                None,
+            )
             .unwrap();
         assert_eq!(
             e.envelope(),
@@ -456,7 +515,7 @@ mod tests {
             format!("id: 000000ab-1\nevent: update\ndata: {}\n\n", e.envelope())
         );
         let (m, _) = hub
-            .publish(Instant::now(), "news", "message", &json!("a\nb"))
+            .publish(Instant::now(), "news", "message", &json!("a\nb"), None)
             .unwrap();
         assert!(!std::str::from_utf8(m.sse_bytes())
             .unwrap()
@@ -470,18 +529,19 @@ mod tests {
         let now = Instant::now();
         for bad in ["", "a b", "naïve", "x\n", &"a".repeat(129)] {
             assert_eq!(
-                hub.publish(now, bad, "message", &json!(1)).unwrap_err(),
+                hub.publish(now, bad, "message", &json!(1), None)
+                    .unwrap_err(),
                 HubError::InvalidTopic
             );
         }
         assert!(hub
-            .publish(now, "a:b/c.d-e_F9", "message", &json!(1))
+            .publish(now, "a:b/c.d-e_F9", "message", &json!(1), None)
             .is_ok());
         assert!(hub
-            .publish(now, &"a".repeat(128), "message", &json!(1))
+            .publish(now, &"a".repeat(128), "message", &json!(1), None)
             .is_ok());
         assert_eq!(
-            hub.publish(now, "ok", "a\nb", &json!(1)).unwrap_err(),
+            hub.publish(now, "ok", "a\nb", &json!(1), None).unwrap_err(),
             HubError::InvalidEventName
         );
     }
@@ -494,7 +554,12 @@ mod tests {
         let b = hub.subscribe(conn(0), "b").unwrap();
         let mut ids = Vec::new();
         for topic in ["a", "b", "a", "b"] {
-            ids.push(hub.publish(now, topic, "message", &json!(0)).unwrap().0.id);
+            ids.push(
+                hub.publish(now, topic, "message", &json!(0), None)
+                    .unwrap()
+                    .0
+                    .id,
+            );
         }
         let r = hub.replay(&[a, b], &ids[0].to_string());
         assert!(r.complete);
@@ -502,7 +567,7 @@ mod tests {
         assert_eq!(seqs, vec![2, 3, 4]);
         // Topic a keeps 3: publishing 3 more pushes event 1 and 3 out.
         for _ in 0..3 {
-            hub.publish(now, "a", "message", &json!(0)).unwrap();
+            hub.publish(now, "a", "message", &json!(0), None).unwrap();
         }
         assert!(!hub.replay(&[a], &ids[0].to_string()).complete);
         assert!(hub.replay(&[b], &ids[0].to_string()).complete);
@@ -521,9 +586,9 @@ mod tests {
         let mut hub = Hub::new(1, 5, 2);
         let now = Instant::now();
         let watched = hub.subscribe(conn(1), "watched").unwrap();
-        hub.publish(now, "old", "message", &json!(0)).unwrap();
+        hub.publish(now, "old", "message", &json!(0), None).unwrap();
         // A third topic evicts "old" (the only one without subscribers).
-        hub.publish(now, "new", "message", &json!(0)).unwrap();
+        hub.publish(now, "new", "message", &json!(0), None).unwrap();
         assert_eq!(hub.topic_count(), 2);
         assert!(hub.history("old", None, 10).is_empty());
         // With both topics watched, nothing can make room.
@@ -544,8 +609,8 @@ mod tests {
         let mut hub = Hub::new(1, 5, 3);
         let now = Instant::now();
         hub.subscribe(conn(1), "w").unwrap();
-        hub.publish(now, "u", "message", &json!(0)).unwrap();
-        hub.publish(now, "v", "message", &json!(0)).unwrap();
+        hub.publish(now, "u", "message", &json!(0), None).unwrap();
+        hub.publish(now, "v", "message", &json!(0), None).unwrap();
         // Full: "w" is watched, "u" and "v" can go.
         assert!(hub.has_room_for(["w", "u", "v"]));
         assert!(hub.has_room_for(["x", "y"]));
@@ -571,7 +636,12 @@ mod tests {
         let mut hub = Hub::new(1, 10, 10);
         let now = Instant::now();
         let ids: Vec<_> = (0..5)
-            .map(|i| hub.publish(now, "t", "message", &json!(i)).unwrap().0.id)
+            .map(|i| {
+                hub.publish(now, "t", "message", &json!(i), None)
+                    .unwrap()
+                    .0
+                    .id
+            })
             .collect();
         let h = hub.history("t", Some(ids[1]), 10);
         assert_eq!(

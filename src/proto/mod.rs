@@ -17,6 +17,7 @@ pub mod hub;
 pub mod queue;
 pub mod sse;
 pub mod timers;
+pub mod ws;
 
 use std::fmt;
 

@@ -21,6 +21,15 @@ pub enum Policy {
     DropOldest,
 }
 
+/// Which shared encoding of an event a connection sends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Encoding {
+    /// The SSE block.
+    Sse,
+    /// The WebSocket text frame.
+    WebSocket,
+}
+
 /// One piece of pending output.
 #[derive(Debug)]
 enum Chunk {
@@ -29,7 +38,7 @@ enum Chunk {
     /// Bytes that live for the whole program (heartbeats); never dropped.
     Static(&'static [u8]),
     /// A published event in its shared encoding; may be dropped by [`Policy::DropOldest`].
-    Event(Arc<Event>),
+    Event(Arc<Event>, Encoding),
     /// A notice that `count` events were dropped, in its encoding; merged into the next notice
     /// if it is itself overtaken by more drops before it leaves.
     Dropped { count: u64, bytes: Box<[u8]> },
@@ -40,7 +49,8 @@ impl Chunk {
         match self {
             Chunk::Owned(b) => b,
             Chunk::Static(b) => b,
-            Chunk::Event(e) => e.sse_bytes(),
+            Chunk::Event(e, Encoding::Sse) => e.sse_bytes(),
+            Chunk::Event(e, Encoding::WebSocket) => e.ws_frame(),
             Chunk::Dropped { bytes, .. } => bytes,
         }
     }
@@ -102,14 +112,16 @@ impl WriteQueue {
     pub fn push_event(
         &mut self,
         event: Arc<Event>,
+        encoding: Encoding,
         limit: usize,
         policy: Policy,
         notice: impl Fn(u64) -> Vec<u8>,
     ) -> Result<u64, Overflow> {
-        let size = event.sse_bytes().len();
+        let chunk = Chunk::Event(event, encoding);
+        let size = chunk.bytes().len();
         if self.len + size <= limit {
             self.len += size;
-            self.chunks.push_back(Chunk::Event(event));
+            self.chunks.push_back(chunk);
             return Ok(0);
         }
         if policy == Policy::Disconnect {
@@ -123,7 +135,7 @@ impl WriteQueue {
         let mut i = usize::from(self.head_offset > 0);
         while self.len + room_needed > limit && i < self.chunks.len() {
             match self.chunks[i] {
-                Chunk::Event(_) => dropped += 1,
+                Chunk::Event(..) => dropped += 1,
                 Chunk::Dropped { count, .. } => dropped += count,
                 Chunk::Owned(_) | Chunk::Static(_) => {
                     i += 1;
@@ -153,7 +165,7 @@ impl WriteQueue {
         }
         if fits {
             self.len += size;
-            self.chunks.push_back(Chunk::Event(event));
+            self.chunks.push_back(chunk);
         }
         Ok(dropped)
     }
@@ -192,7 +204,7 @@ impl WriteQueue {
             }
             written -= left;
             self.head_offset = 0;
-            if let Some(Chunk::Event(event)) = self.chunks.pop_front() {
+            if let Some(Chunk::Event(event, _)) = self.chunks.pop_front() {
                 on_event(&event);
             }
         }
@@ -202,9 +214,15 @@ impl WriteQueue {
         }
     }
 
-    /// Forgets everything queued (the connection is going away).
-    pub fn clear(&mut self) {
-        *self = WriteQueue::default();
+    /// Forgets everything queued except the chunk that has started to leave, which must be
+    /// finished for what follows (a close frame) to be understood.
+    pub fn truncate_to_started(&mut self) {
+        let keep = usize::from(self.head_offset > 0);
+        while self.chunks.len() > keep {
+            if let Some(chunk) = self.chunks.pop_back() {
+                self.len -= chunk.bytes().len();
+            }
+        }
     }
 }
 
@@ -220,6 +238,7 @@ mod tests {
             "t".into(),
             "message",
             &serde_json::Value::String(payload.into()),
+            None,
             Instant::now(),
         ))
     }
@@ -248,9 +267,18 @@ mod tests {
         let mut q = WriteQueue::default();
         let e = event(1, "x");
         let size = e.sse_bytes().len();
-        assert_eq!(q.push_event(e, size, Policy::Disconnect, notice), Ok(0));
         assert_eq!(
-            q.push_event(event(2, "x"), size, Policy::Disconnect, notice),
+            q.push_event(e, Encoding::Sse, size, Policy::Disconnect, notice),
+            Ok(0)
+        );
+        assert_eq!(
+            q.push_event(
+                event(2, "x"),
+                Encoding::Sse,
+                size,
+                Policy::Disconnect,
+                notice
+            ),
             Err(Overflow::Disconnect)
         );
         assert_eq!(q.len(), size);
@@ -264,18 +292,36 @@ mod tests {
         let limit = 4 + 3 * size + notice(u64::MAX).len();
         for seq in 1..=3 {
             assert_eq!(
-                q.push_event(event(seq, "aaaa"), limit, Policy::DropOldest, notice),
+                q.push_event(
+                    event(seq, "aaaa"),
+                    Encoding::Sse,
+                    limit,
+                    Policy::DropOldest,
+                    notice
+                ),
                 Ok(0)
             );
         }
         // The fourth pushes out the first (and makes room for the notice), then the fifth
         // pushes out the second: one notice of 2, standing where event 1 stood.
         assert_eq!(
-            q.push_event(event(4, "aaaa"), limit, Policy::DropOldest, notice),
+            q.push_event(
+                event(4, "aaaa"),
+                Encoding::Sse,
+                limit,
+                Policy::DropOldest,
+                notice
+            ),
             Ok(1)
         );
         assert_eq!(
-            q.push_event(event(5, "aaaa"), limit, Policy::DropOldest, notice),
+            q.push_event(
+                event(5, "aaaa"),
+                Encoding::Sse,
+                limit,
+                Policy::DropOldest,
+                notice
+            ),
             Ok(2)
         );
         assert!(q.len() <= limit);
@@ -293,12 +339,24 @@ mod tests {
         let mut q = WriteQueue::default();
         let size = event(1, "aaaa").sse_bytes().len();
         let limit = size + notice(u64::MAX).len() + 1;
-        q.push_event(event(1, "aaaa"), limit, Policy::DropOldest, notice)
-            .unwrap();
+        q.push_event(
+            event(1, "aaaa"),
+            Encoding::Sse,
+            limit,
+            Policy::DropOldest,
+            notice,
+        )
+        .unwrap();
         q.consume(3, |_| {});
         // Nothing else can be dropped, so the new event itself is counted as lost.
         assert_eq!(
-            q.push_event(event(2, "aaaa"), limit, Policy::DropOldest, notice),
+            q.push_event(
+                event(2, "aaaa"),
+                Encoding::Sse,
+                limit,
+                Policy::DropOldest,
+                notice
+            ),
             Ok(1)
         );
         let text = String::from_utf8(drain(&mut q)).unwrap();
@@ -310,8 +368,14 @@ mod tests {
     fn consume_reports_finished_events_and_frees_memory() {
         let mut q = WriteQueue::default();
         q.push_static(b": ping\n\n");
-        q.push_event(event(7, "z"), 1 << 20, Policy::Disconnect, notice)
-            .unwrap();
+        q.push_event(
+            event(7, "z"),
+            Encoding::Sse,
+            1 << 20,
+            Policy::Disconnect,
+            notice,
+        )
+        .unwrap();
         let total = q.len();
         let mut done = Vec::new();
         q.consume(total - 1, |e| done.push(e.id.seq));

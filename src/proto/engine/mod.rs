@@ -1,5 +1,5 @@
 //! The engine: every connection's state machine, request routing and the fan-out of published
-//! events into subscriber queues — sans IO.
+//! events into subscriber queues — sans IO. The WebSocket message protocol is in [`websocket`].
 //!
 //! # How a driver uses it
 //!
@@ -31,13 +31,19 @@ use std::time::{Duration, Instant};
 use slab::Slab;
 
 use super::http::{self, BodyDecoder, HttpError, Request};
-use super::hub::{self, EventId, Hub, HubError, Subscription};
-use super::queue::{Overflow, Policy, WriteQueue};
+use super::hub::{self, Event, EventId, Hub, HubError, Subscription};
+use super::queue::{Encoding, Overflow, Policy, WriteQueue};
 use super::sse;
 use super::timers::{TimerSlot, Timers};
+use super::ws;
 use super::ConnId;
 use crate::config::{Config, SlowConsumer};
 use crate::features::{Feature, FeatureSet};
+
+mod websocket;
+
+use std::sync::Arc;
+use websocket::WsConn;
 
 /// How long a closing connection may take to send its last bytes, and then to send its end of
 /// stream after ours, before it is dropped. During a shutdown the drain deadline bounds the
@@ -79,6 +85,10 @@ pub struct Counters {
     pub connections: usize,
     /// SSE streams open now.
     pub sse_streams: usize,
+    /// WebSocket connections open now.
+    pub websockets: usize,
+    /// WebSocket peers closed for not answering pings.
+    pub keepalive_timeouts: u64,
     /// Requests parsed.
     pub requests: u64,
     /// Events published.
@@ -104,6 +114,8 @@ enum Phase {
     Body(Box<BodyPhase>),
     /// Streaming Server-Sent Events (deadline: heartbeat).
     Sse(Box<SseStream>),
+    /// A WebSocket session (deadline: the next ping, or the pong it waits for).
+    Ws(Box<WsConn>),
     /// Sending its last bytes, then shutting the write side and waiting for the peer's end of
     /// stream (deadline: linger). Input is discarded.
     Closing,
@@ -169,6 +181,8 @@ pub struct Engine {
     next_public_id: u64,
     counted_connections: usize,
     drain_deadline: Option<Instant>,
+    /// Every WebSocket connection, for broadcasts to all.
+    websockets: Slab<ConnId>,
 }
 
 impl Engine {
@@ -190,6 +204,7 @@ impl Engine {
             next_public_id: 0,
             counted_connections: 0,
             drain_deadline: None,
+            websockets: Slab::new(),
             config,
         }
     }
@@ -223,16 +238,28 @@ impl Engine {
     /// else is disturbed.
     pub fn set_feature(&mut self, now: Instant, feature: Feature, on: bool) {
         self.features.set(feature, on);
-        if feature == Feature::SseStreaming && !on {
-            let streams: Vec<ConnId> = self
-                .conns
-                .iter()
-                .filter(|(_, c)| matches!(c.phase, Phase::Sse(_)))
-                .map(|(i, c)| id_of(i, c))
-                .collect();
-            for id in streams {
-                self.start_closing(now, id);
+        if on {
+            return;
+        }
+        match feature {
+            Feature::SseStreaming => {
+                let streams: Vec<ConnId> = self
+                    .conns
+                    .iter()
+                    .filter(|(_, c)| matches!(c.phase, Phase::Sse(_)))
+                    .map(|(i, c)| id_of(i, c))
+                    .collect();
+                for id in streams {
+                    self.start_closing(now, id);
+                }
             }
+            Feature::WebsocketStreaming => {
+                let sockets: Vec<ConnId> = self.websockets.iter().map(|(_, id)| *id).collect();
+                for id in sockets {
+                    self.ws_close(now, id, 1001, "WebSocket streaming disabled");
+                }
+            }
+            _ => {}
         }
     }
 
@@ -296,6 +323,7 @@ impl Engine {
         match conn.phase {
             // Nothing is read on a stream or while closing: what comes is dropped.
             Phase::Sse(_) | Phase::Closing => return,
+            Phase::Ws(_) => return self.ws_input(now, id, data),
             Phase::Idle | Phase::Head | Phase::Body(_) => conn.inbuf.extend_from_slice(data),
         }
         self.advance(now, id);
@@ -308,7 +336,7 @@ impl Engine {
         };
         conn.peer_closed = true;
         match conn.phase {
-            Phase::Sse(_) => self.close(id),
+            Phase::Sse(_) | Phase::Ws(_) => self.close(id),
             _ if conn.out.is_empty() => self.close(id),
             // What it is owed still goes out (a client may half-close after a request); the
             // connection closes once that is written.
@@ -418,6 +446,7 @@ impl Engine {
             match conn.phase {
                 Phase::Closing => {}
                 Phase::Sse(_) => self.start_closing(now, id),
+                Phase::Ws(_) => self.ws_close(now, id, 1001, "server shutting down"),
                 _ if !conn.out.is_empty() => self.start_closing(now, id),
                 _ => self.close(id),
             }
@@ -435,46 +464,59 @@ impl Engine {
     ) -> Result<EventId, HubError> {
         let (event, topic_index) =
             self.hub
-                .publish(now, topic, event.unwrap_or("message"), data)?;
+                .publish(now, topic, event.unwrap_or("message"), data, None)?;
         self.counters.events_published += 1;
-        let limit = self.config.backpressure.max_queue_bytes;
-        let policy = policy(&self.config);
-        let mut overflowed = Vec::new();
-        for id in self.hub.subscribers(topic_index) {
-            let Some(conn) = self
-                .conns
-                .get_mut(id.index as usize)
-                .filter(|c| c.generation == id.generation)
-            else {
-                continue;
-            };
-            let Phase::Sse(stream) = &mut conn.phase else {
-                continue;
-            };
-            if !stream.wants(&event.name) {
-                continue;
-            }
-            match conn
-                .out
-                .push_event(event.clone(), limit, policy, sse::dropped)
-            {
-                Ok(dropped) => {
-                    self.counters.events_dropped += dropped;
-                    stream.last_write = now;
-                    if !conn.write_pending {
-                        conn.write_pending = true;
-                        self.actions.push_back((id, Action::Write));
+        self.fan_out(now, &event, Some(topic_index), None);
+        Ok(event.id)
+    }
+
+    /// Queues `event` for every subscriber of the topic at `topic_index` (every WebSocket
+    /// client when `None`), except `exclude`; applies the slow-consumer policy.
+    fn fan_out(
+        &mut self,
+        now: Instant,
+        event: &Arc<Event>,
+        topic_index: Option<usize>,
+        exclude: Option<ConnId>,
+    ) {
+        let mut delivery = Delivery {
+            conns: &mut self.conns,
+            actions: &mut self.actions,
+            counters: &mut self.counters,
+            limit: self.config.backpressure.max_queue_bytes,
+            policy: policy(&self.config),
+            now,
+            overflowed: Vec::new(),
+        };
+        match topic_index {
+            Some(index) => {
+                for id in self.hub.subscribers(index) {
+                    if Some(id) != exclude {
+                        delivery.deliver(id, event);
                     }
                 }
-                Err(Overflow::Disconnect) => overflowed.push(id),
+            }
+            None => {
+                for (_, &id) in &self.websockets {
+                    if Some(id) != exclude {
+                        delivery.deliver(id, event);
+                    }
+                }
             }
         }
-        for id in overflowed {
+        for id in std::mem::take(&mut delivery.overflowed) {
             self.counters.slow_consumers_disconnected += 1;
             log::debug!("connection {id}: slow consumer disconnected");
-            self.close(id);
+            if matches!(self.conn(id).map(|c| &c.phase), Some(Phase::Ws(_))) {
+                if let Some(conn) = self.conn_mut(id) {
+                    // What has started to leave must finish for the close frame to be read.
+                    conn.out.truncate_to_started();
+                }
+                self.ws_close(now, id, 1008, "slow consumer: queue full");
+            } else {
+                self.close(id);
+            }
         }
-        Ok(event.id)
     }
 
     // ---- connection plumbing ----
@@ -528,13 +570,28 @@ impl Engine {
         if conn.counted {
             self.counted_connections -= 1;
         }
-        if let Phase::Sse(stream) = conn.phase {
-            self.counters.sse_streams -= 1;
-            for sub in stream.subscriptions {
-                self.hub.unsubscribe(sub);
-            }
-        }
+        self.release(conn.phase);
         true
+    }
+
+    /// Gives back what a stream held in the hub when it ends.
+    fn release(&mut self, phase: Phase) {
+        match phase {
+            Phase::Sse(stream) => {
+                self.counters.sse_streams -= 1;
+                for sub in stream.subscriptions {
+                    self.hub.unsubscribe(sub);
+                }
+            }
+            Phase::Ws(socket) => {
+                self.counters.websockets -= 1;
+                self.websockets.try_remove(socket.everyone_key);
+                for (_, sub) in socket.rooms {
+                    self.hub.unsubscribe(sub);
+                }
+            }
+            _ => {}
+        }
     }
 
     /// Ends `id` gracefully: what is queued goes out, then the write side is shut; the
@@ -546,12 +603,7 @@ impl Engine {
         let conn = &mut self.conns[index];
         let previous = std::mem::replace(&mut conn.phase, Phase::Closing);
         conn.inbuf = Vec::new();
-        if let Phase::Sse(stream) = previous {
-            self.counters.sse_streams -= 1;
-            for sub in stream.subscriptions {
-                self.hub.unsubscribe(sub);
-            }
-        }
+        self.release(previous);
         // While draining for shutdown the drain deadline bounds the flush; otherwise a client
         // that does not take its last bytes gets the linger time.
         let deadline = if self.is_shutting_down() {
@@ -649,6 +701,7 @@ impl Engine {
                 }
                 self.set_deadline(id, next);
             }
+            Phase::Ws(_) => self.ws_keepalive(now, id),
         }
     }
 
@@ -728,6 +781,15 @@ impl Engine {
                         self.dispatch(now, id, b.request, b.body);
                     }
                 },
+                // Frames that came with the upgrade request are the session's.
+                Phase::Ws(_) => {
+                    let rest = conn.inbuf.split_off(used.min(conn.inbuf.len()));
+                    conn.inbuf = Vec::new();
+                    if !rest.is_empty() {
+                        self.ws_input(now, id, &rest);
+                    }
+                    return;
+                }
                 // The buffer went with the phase change.
                 Phase::Sse(_) | Phase::Closing => return,
             }
@@ -786,6 +848,8 @@ impl Engine {
                 "GET" | "HEAD" => http::json_response(200, r#"{"status":"ok"}"#, "", keep_alive),
                 _ => method_not_allowed("GET, HEAD", keep_alive),
             },
+            "/stream/ws" => return self.open_websocket(now, id, &request),
+            "/" if ws::wants_upgrade(&request) => return self.open_websocket(now, id, &request),
             "/" => match method {
                 "GET" | "HEAD" => http::response(
                     200,
@@ -950,7 +1014,10 @@ impl Engine {
         let mut dropped = 0;
         if let Some(replay) = replay {
             for event in replay.events.into_iter().filter(|e| stream.wants(&e.name)) {
-                match conn.out.push_event(event, limit, policy, sse::dropped) {
+                match conn
+                    .out
+                    .push_event(event, Encoding::Sse, limit, policy, sse::dropped)
+                {
                     Ok(n) => dropped += n,
                     Err(Overflow::Disconnect) => {
                         overflow = true;
@@ -975,7 +1042,66 @@ impl Engine {
 }
 
 /// The small page served at `/`, to see the server work from a browser.
-const DEMO_PAGE: &str = include_str!("demo.html");
+const DEMO_PAGE: &str = include_str!("../demo.html");
+
+/// The fan-out of one event: the parts of the engine it touches, borrowed apart from the hub
+/// whose subscriber list it walks.
+struct Delivery<'a> {
+    conns: &'a mut Slab<Conn>,
+    actions: &'a mut VecDeque<(ConnId, Action)>,
+    counters: &'a mut Counters,
+    limit: usize,
+    policy: Policy,
+    now: Instant,
+    /// Connections whose queue overflowed under [`Policy::Disconnect`].
+    overflowed: Vec<ConnId>,
+}
+
+impl Delivery<'_> {
+    /// Queues `event` for `id` in the encoding of its transport.
+    fn deliver(&mut self, id: ConnId, event: &Arc<Event>) {
+        let Some(conn) = self
+            .conns
+            .get_mut(id.index as usize)
+            .filter(|c| c.generation == id.generation)
+        else {
+            return;
+        };
+        let pushed = match &mut conn.phase {
+            Phase::Sse(stream) => {
+                if !stream.wants(&event.name) {
+                    return;
+                }
+                stream.last_write = self.now;
+                conn.out.push_event(
+                    event.clone(),
+                    Encoding::Sse,
+                    self.limit,
+                    self.policy,
+                    sse::dropped,
+                )
+            }
+            Phase::Ws(_) => conn.out.push_event(
+                event.clone(),
+                Encoding::WebSocket,
+                self.limit,
+                self.policy,
+                ws::dropped,
+            ),
+            _ => return,
+        };
+        match pushed {
+            Ok(dropped) => {
+                self.counters.events_dropped += dropped;
+                if !conn.write_pending {
+                    conn.write_pending = true;
+                    self.actions.push_back((id, Action::Write));
+                }
+            }
+            Err(Overflow::Disconnect) => self.overflowed.push(id),
+        }
+    }
+}
 
 /// Whether `bytes` hold the blank line that ends a request head.
 fn has_head_end(bytes: &[u8]) -> bool {

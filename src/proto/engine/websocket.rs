@@ -1,0 +1,346 @@
+//! The WebSocket side of the engine: the upgrade, the JSON message protocol (welcome,
+//! join/leave with replay, broadcast, publish, ping), keep-alive pings and closes.
+//!
+//! Rooms are hub topics, so an event published over HTTP reaches room members and SSE
+//! subscribers alike. Replies to one client go through its tungstenite session; events and
+//! broadcasts are shared frames queued by the engine's fan-out.
+
+use std::time::Instant;
+
+use serde_json::{json, Value};
+
+use super::{Conn, ConnId, Engine, Phase};
+use crate::features::Feature;
+use crate::proto::http::{self, Request};
+use crate::proto::hub::{self, HubError, Subscription};
+use crate::proto::queue::Encoding;
+use crate::proto::ws::{self, Incoming, Session};
+
+/// The most rooms one connection may be in.
+const MAX_ROOMS_PER_CONNECTION: usize = 64;
+
+/// A WebSocket connection's state.
+#[derive(Debug)]
+pub(super) struct WsConn {
+    session: Session,
+    /// The rooms it is in, by name.
+    pub(super) rooms: Vec<(Box<str>, Subscription)>,
+    /// Its key in the engine's list of every WebSocket connection.
+    pub(super) everyone_key: usize,
+    /// When it last sent anything.
+    last_seen: Instant,
+    /// When the ping it has not yet answered was sent.
+    ping_sent: Option<Instant>,
+}
+
+impl Engine {
+    /// `GET /stream/ws` (or `/` with `Upgrade: websocket`): upgrades `id`.
+    pub(super) fn open_websocket(&mut self, now: Instant, id: ConnId, request: &Request) {
+        let keep_alive = request.keep_alive();
+        if !self.features.is_enabled(Feature::WebsocketStreaming) {
+            let response =
+                http::error_response(501, "WebSocket streaming not enabled", "", keep_alive);
+            return self.respond(now, id, response, keep_alive);
+        }
+        let head = match ws::accept(request) {
+            Ok(head) => head,
+            Err(e) => {
+                let extra = if e.reason.starts_with("unsupported Sec-WebSocket-Version") {
+                    "Sec-WebSocket-Version: 13\r\n"
+                } else {
+                    ""
+                };
+                let response = http::error_response(e.status, e.reason, extra, keep_alive);
+                return self.respond(now, id, response, keep_alive);
+            }
+        };
+        let everyone_key = self.websockets.insert(id);
+        let session = Session::new(self.config.websocket.max_message_bytes);
+        let Some(conn) = self.conn_mut(id) else {
+            self.websockets.remove(everyone_key);
+            return;
+        };
+        conn.out.push_owned(head);
+        conn.phase = Phase::Ws(Box::new(WsConn {
+            session,
+            rooms: Vec::new(),
+            everyone_key,
+            last_seen: now,
+            ping_sent: None,
+        }));
+        let welcome = json!({
+            "type": "welcome",
+            "data": "Connected to MCP server",
+            "id": conn.public_id.to_string(),
+        });
+        self.counters.websockets += 1;
+        self.ws_reply(id, &welcome);
+        let interval = self.config.websocket.ping_interval();
+        self.set_deadline(id, now.checked_add(interval));
+    }
+
+    /// Bytes from a WebSocket client.
+    pub(super) fn ws_input(&mut self, now: Instant, id: ConnId, data: &[u8]) {
+        let Some(socket) = self.ws_mut(id) else {
+            return;
+        };
+        socket.last_seen = now;
+        socket.ping_sent = None;
+        let (incoming, failure) = socket.session.receive(data);
+        self.ws_flush(id);
+        for message in incoming {
+            match message {
+                Incoming::Text(text) => self.ws_message(now, id, &text),
+                Incoming::Binary => {
+                    self.ws_error(id, "binary messages are not supported: send JSON text")
+                }
+                Incoming::Pong => {}
+                Incoming::Closed => {
+                    // tungstenite has answered the close frame: send it, then shut down.
+                    self.start_closing(now, id);
+                    return;
+                }
+            }
+        }
+        if let Some(failure) = failure {
+            self.ws_close(now, id, failure.code, failure.reason);
+        }
+    }
+
+    /// One text message of the protocol.
+    fn ws_message(&mut self, now: Instant, id: ConnId, text: &str) {
+        let message: Value = match serde_json::from_str(text) {
+            Ok(v) => v,
+            Err(e) => return self.ws_error(id, &format!("invalid JSON: {e}")),
+        };
+        let Some(kind) = message.get("type").and_then(Value::as_str) else {
+            return self.ws_error(id, "missing \"type\"");
+        };
+        match kind {
+            "ping" => self.ws_reply(id, &json!({"type": "pong"})),
+            "join" => self.ws_join(now, id, &message),
+            "leave" => self.ws_leave(id, &message),
+            "broadcast" => self.ws_broadcast(now, id, &message),
+            "publish" => self.ws_publish(now, id, &message),
+            other => self.ws_error(id, &format!("unknown message type {other:?}")),
+        }
+    }
+
+    fn ws_join(&mut self, now: Instant, id: ConnId, message: &Value) {
+        if !self.config.websocket.room_management {
+            return self.ws_error(id, "rooms are disabled");
+        }
+        let Some(room) = room_of(message) else {
+            return self.ws_error(id, HubError::InvalidTopic.reason());
+        };
+        let since = message.get("since").and_then(Value::as_str);
+        let Some(socket) = self.ws_mut(id) else {
+            return;
+        };
+        let existing = socket
+            .rooms
+            .iter()
+            .find(|(name, _)| **name == *room)
+            .map(|(_, sub)| *sub);
+        let sub = match existing {
+            Some(sub) => sub,
+            None if socket.rooms.len() >= MAX_ROOMS_PER_CONNECTION => {
+                return self.ws_error(id, "too many rooms: at most 64 per connection")
+            }
+            None => match self.hub.subscribe(id, room) {
+                Ok(sub) => {
+                    if let Some(socket) = self.ws_mut(id) {
+                        socket.rooms.push((room.into(), sub));
+                    }
+                    sub
+                }
+                Err(e) => return self.ws_error(id, e.reason()),
+            },
+        };
+        self.ws_reply(id, &json!({"type": "joined", "room": room}));
+        let Some(since) = since else {
+            return;
+        };
+        let replay = self.hub.replay(&[sub], since);
+        let limit = self.config.backpressure.max_queue_bytes;
+        let policy = super::policy(&self.config);
+        let mut overflow = false;
+        let mut dropped = 0;
+        if let Some(conn) = self.conn_mut(id) {
+            for event in replay.events {
+                match conn
+                    .out
+                    .push_event(event, Encoding::WebSocket, limit, policy, ws::dropped)
+                {
+                    Ok(n) => dropped += n,
+                    Err(_) => {
+                        overflow = true;
+                        break;
+                    }
+                }
+            }
+        }
+        self.counters.events_dropped += dropped;
+        if overflow {
+            self.counters.slow_consumers_disconnected += 1;
+            if let Some(conn) = self.conn_mut(id) {
+                conn.out.truncate_to_started();
+            }
+            return self.ws_close(now, id, 1008, "slow consumer: queue full");
+        }
+        let recovery = json!({"type": "recovery", "room": room, "recovered": replay.complete});
+        self.ws_reply(id, &recovery);
+    }
+
+    fn ws_leave(&mut self, id: ConnId, message: &Value) {
+        let Some(room) = room_of(message) else {
+            return self.ws_error(id, HubError::InvalidTopic.reason());
+        };
+        let Some(socket) = self.ws_mut(id) else {
+            return;
+        };
+        if let Some(at) = socket.rooms.iter().position(|(name, _)| **name == *room) {
+            let (_, sub) = socket.rooms.swap_remove(at);
+            self.hub.unsubscribe(sub);
+        }
+        self.ws_reply(id, &json!({"type": "left", "room": room}));
+    }
+
+    fn ws_broadcast(&mut self, now: Instant, id: ConnId, message: &Value) {
+        let data = message.get("data").unwrap_or(&Value::Null);
+        let exclude = match message.get("exclude_self") {
+            None | Some(Value::Null) | Some(Value::Bool(false)) => None,
+            Some(Value::Bool(true)) => Some(id),
+            Some(_) => return self.ws_error(id, "\"exclude_self\" must be a boolean"),
+        };
+        let Some(from) = self.conn(id).map(|c| c.public_id.to_string()) else {
+            return;
+        };
+        match message.get("room") {
+            None | Some(Value::Null) => {
+                let event = self.hub.broadcast_to_all(now, data, &from);
+                self.counters.events_published += 1;
+                self.fan_out(now, &event, None, exclude);
+            }
+            Some(_) => {
+                let Some(room) = room_of(message) else {
+                    return self.ws_error(id, HubError::InvalidTopic.reason());
+                };
+                match self.hub.publish(now, room, "broadcast", data, Some(&from)) {
+                    Ok((event, index)) => {
+                        self.counters.events_published += 1;
+                        self.fan_out(now, &event, Some(index), exclude);
+                    }
+                    Err(e) => self.ws_error(id, e.reason()),
+                }
+            }
+        }
+    }
+
+    fn ws_publish(&mut self, now: Instant, id: ConnId, message: &Value) {
+        let Some(topic) = message.get("topic").and_then(Value::as_str) else {
+            return self.ws_error(id, "missing topic");
+        };
+        let event = match message.get("event") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(e)) if hub::valid_event_name(e) => Some(e.as_str()),
+            Some(_) => return self.ws_error(id, HubError::InvalidEventName.reason()),
+        };
+        let data = message.get("data").unwrap_or(&Value::Null);
+        match self.publish(now, topic, event, data) {
+            Ok(event_id) => self.ws_reply(
+                id,
+                &json!({"type": "published", "topic": topic, "id": event_id.to_string()}),
+            ),
+            Err(e) => self.ws_error(id, e.reason()),
+        }
+    }
+
+    /// The keep-alive deadline of `id` passed: ping it, or close it if the last ping went
+    /// unanswered.
+    pub(super) fn ws_keepalive(&mut self, now: Instant, id: ConnId) {
+        let interval = self.config.websocket.ping_interval();
+        let timeout = self.config.websocket.pong_timeout();
+        let Some(socket) = self.ws_mut(id) else {
+            return;
+        };
+        if let Some(sent) = socket.ping_sent {
+            if now.saturating_duration_since(sent) >= timeout {
+                self.counters.keepalive_timeouts += 1;
+                log::debug!("connection {id}: no pong within {timeout:?}");
+                return self.close(id);
+            }
+            return self.set_deadline(id, sent.checked_add(timeout));
+        }
+        let due = socket.last_seen.checked_add(interval);
+        if due.is_some_and(|due| due > now) {
+            return self.set_deadline(id, due);
+        }
+        socket.session.ping();
+        socket.ping_sent = Some(now);
+        self.ws_flush(id);
+        self.set_deadline(id, now.checked_add(timeout));
+    }
+
+    /// Sends a close frame with `code` and `reason`, then ends the connection gracefully.
+    pub(super) fn ws_close(&mut self, now: Instant, id: ConnId, code: u16, reason: &str) {
+        if let Some(socket) = self.ws_mut(id) {
+            socket.session.close(code, reason);
+            self.ws_flush(id);
+        }
+        self.start_closing(now, id);
+    }
+
+    /// Sends `message` to `id` alone.
+    fn ws_reply(&mut self, id: ConnId, message: &Value) {
+        if let Some(socket) = self.ws_mut(id) {
+            socket.session.send_text(message.to_string());
+            self.ws_flush(id);
+        }
+    }
+
+    /// Sends `{"type":"error","error":reason}`; the connection stays up.
+    fn ws_error(&mut self, id: ConnId, reason: &str) {
+        self.ws_reply(id, &json!({"type": "error", "error": reason}));
+    }
+
+    /// Moves what the session wrote into the write queue. A client that keeps asking for
+    /// replies without reading them is a slow consumer once the queue passes its bound.
+    fn ws_flush(&mut self, id: ConnId) {
+        let limit = self.config.backpressure.max_queue_bytes;
+        let Some(conn) = self.conn_mut(id) else {
+            return;
+        };
+        let Phase::Ws(socket) = &mut conn.phase else {
+            return;
+        };
+        let output = socket.session.take_output();
+        if output.is_empty() {
+            return;
+        }
+        conn.out.push_owned(output);
+        if conn.out.len() > limit {
+            self.counters.slow_consumers_disconnected += 1;
+            return self.close(id);
+        }
+        self.want_write(id);
+    }
+
+    fn ws_mut(&mut self, id: ConnId) -> Option<&mut WsConn> {
+        match self.conn_mut(id) {
+            Some(Conn {
+                phase: Phase::Ws(socket),
+                ..
+            }) => Some(socket),
+            _ => None,
+        }
+    }
+}
+
+/// The `room` of a message, if it is a valid topic name.
+fn room_of(message: &Value) -> Option<&str> {
+    message
+        .get("room")
+        .and_then(Value::as_str)
+        .filter(|r| hub::valid_topic(r))
+}
