@@ -19,7 +19,7 @@ use tungstenite::{Error, Message};
 use super::http::Request;
 
 /// tungstenite's read buffer per connection: small, because every idle connection keeps it.
-const READ_BUFFER_BYTES: usize = 512;
+const READ_BUFFER_BYTES: usize = 256;
 
 /// Why an upgrade request was refused, with the status and reason the client gets.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

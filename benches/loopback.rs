@@ -1,14 +1,16 @@
-//! Loopback measurements of the real server binary: resident memory per idle SSE connection,
-//! and how long one publish takes to reach every one of N SSE clients.
+//! Loopback measurements of the real server binary: resident memory per idle connection, and
+//! how long one message takes to reach every one of N clients, over SSE or WebSocket.
 //!
 //! ```text
-//! bash -c 'ulimit -n 65536 && cargo bench --bench sse_loopback'
-//! bash -c 'ulimit -n 65536 && cargo bench --bench sse_loopback -- 1000 10000'   # client counts
+//! cargo bench --bench loopback                      # sse and ws, 1,000 and 10,000 clients
+//! cargo bench --bench loopback -- ws 1000 10000     # one transport, chosen client counts
 //! ```
 //!
 //! The server runs as a child process; the clients are non-blocking sockets on one mio loop in
-//! this process. A publish is a `POST /stream/publish` on a keep-alive connection; its latency
-//! to a client is from just before the POST is written to when that client has read the event.
+//! this process. For SSE a message is a `POST /stream/publish` on a keep-alive connection; for
+//! WebSocket it is a `broadcast` sent by one more WebSocket client (with `exclude_self`). Its
+//! latency to a client is from just before the message is written to when that client has read
+//! it. Raise `ulimit -n` above the client count in the shell that runs this.
 //! Both sides share the machine's cores, and reading N sockets in one thread adds to the time to
 //! reach the last client: the figures are an upper bound on the server's own cost.
 
@@ -86,21 +88,58 @@ struct Client {
     arrived: Option<Instant>,
 }
 
-/// Opens `n` SSE streams on topic `bench` and waits until each has its `connected` event.
-fn connect(poll: &Poll, addr: SocketAddr, n: usize) -> Vec<Client> {
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Transport {
+    Sse,
+    Ws,
+}
+
+const WS_UPGRADE: &[u8] = b"GET /stream/ws HTTP/1.1\r\nHost: bench\r\nUpgrade: websocket\r\n\
+Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
+
+/// A masked client text frame.
+fn client_frame(text: &str) -> Vec<u8> {
+    let mask = [7u8, 1, 9, 3];
+    let payload = text.as_bytes();
+    let mut out = vec![0x81];
+    if payload.len() < 126 {
+        out.push(0x80 | payload.len() as u8);
+    } else {
+        out.push(0x80 | 126);
+        out.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+    }
+    out.extend_from_slice(&mask);
+    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    out
+}
+
+/// A blocking connection that has opened its stream (SSE `connected`, WebSocket `welcome`).
+fn open(addr: SocketAddr, transport: Transport) -> StdStream {
+    let mut s = StdStream::connect(addr).expect("connect");
+    let (request, opened): (&[u8], &[u8]) = match transport {
+        Transport::Sse => (
+            b"GET /stream/sse?topic=bench HTTP/1.1\r\nHost: bench\r\n\r\n",
+            b"event: connected",
+        ),
+        Transport::Ws => (WS_UPGRADE, b"\"welcome\""),
+    };
+    s.write_all(request).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 512];
+    while !contains(&got, opened) {
+        let k = s.read(&mut buf).expect("stream opens");
+        assert!(k > 0, "stream closed while opening");
+        got.extend_from_slice(&buf[..k]);
+    }
+    s
+}
+
+/// Opens `n` streams and registers them with `poll`.
+fn connect(poll: &Poll, addr: SocketAddr, n: usize, transport: Transport) -> Vec<Client> {
     let mut clients = Vec::with_capacity(n);
     for i in 0..n {
-        let mut s = StdStream::connect(addr).expect("connect");
-        s.write_all(b"GET /stream/sse?topic=bench HTTP/1.1\r\nHost: bench\r\n\r\n")
-            .unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        let mut got = Vec::new();
-        let mut buf = [0u8; 512];
-        while !contains(&got, b"event: connected") {
-            let k = s.read(&mut buf).expect("stream opens");
-            assert!(k > 0, "stream closed while opening");
-            got.extend_from_slice(&buf[..k]);
-        }
+        let s = open(addr, transport);
         s.set_nonblocking(true).unwrap();
         let mut stream = TcpStream::from_std(s);
         poll.registry()
@@ -119,17 +158,31 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }
 
-fn publish(http: &mut StdStream, seq: usize) {
-    let body = format!(
-        r#"{{"topic":"bench","data":[{seq},"{}"]}}"#,
-        "x".repeat(150)
-    );
-    write!(
-        http,
-        "POST /stream/publish HTTP/1.1\r\nHost: bench\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
+/// The message of round `seq`: about 200 bytes of data.
+fn data(seq: usize) -> String {
+    format!(r#"[{seq},"{}"]"#, "x".repeat(150))
+}
+
+/// Sends the message of round `seq`: a publish over HTTP, or a WebSocket broadcast.
+fn send(publisher: &mut StdStream, transport: Transport, seq: usize) {
+    match transport {
+        Transport::Sse => {
+            let body = format!(r#"{{"topic":"bench","data":{}}}"#, data(seq));
+            write!(
+                publisher,
+                "POST /stream/publish HTTP/1.1\r\nHost: bench\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .unwrap();
+        }
+        Transport::Ws => {
+            let message = format!(
+                r#"{{"type":"broadcast","exclude_self":true,"data":{}}}"#,
+                data(seq)
+            );
+            publisher.write_all(&client_frame(&message)).unwrap();
+        }
+    }
 }
 
 /// Reads the 202 of one publish from a keep-alive connection.
@@ -164,23 +217,30 @@ fn show(label: &str, mut samples: Vec<Duration>) {
     );
 }
 
-fn run(n: usize) {
+fn run(transport: Transport, n: usize) {
+    let name = match transport {
+        Transport::Sse => "SSE",
+        Transport::Ws => "WebSocket",
+    };
     let server = start_server(n);
     let before = rss_kib(server.child.id());
     let mut poll = Poll::new().unwrap();
-    let mut clients = connect(&poll, server.addr, n);
+    let mut clients = connect(&poll, server.addr, n, transport);
     // Let the server settle (it has answered every client already).
     std::thread::sleep(Duration::from_millis(200));
     let after = rss_kib(server.child.id());
     println!(
-        "{n} idle SSE connections: server RSS {before} KiB -> {after} KiB, {:.0} bytes per connection",
+        "{n} idle {name} connections: server RSS {before} KiB -> {after} KiB, {:.0} bytes per connection",
         (after.saturating_sub(before) * 1024) as f64 / n as f64
     );
 
-    let http = StdStream::connect(server.addr).unwrap();
-    http.set_nodelay(true).unwrap();
-    let mut writer = http.try_clone().unwrap();
-    let mut reader = BufReader::new(http);
+    let publisher = match transport {
+        Transport::Sse => StdStream::connect(server.addr).unwrap(),
+        Transport::Ws => open(server.addr, transport),
+    };
+    publisher.set_nodelay(true).unwrap();
+    let mut writer = publisher.try_clone().unwrap();
+    let mut reader = BufReader::new(publisher);
     let mut events = Events::with_capacity(4096);
     let mut per_delivery = Vec::with_capacity(PUBLISHES_PER_RUN * n);
     let mut to_last = Vec::with_capacity(PUBLISHES_PER_RUN);
@@ -188,7 +248,7 @@ fn run(n: usize) {
     for seq in 0..PUBLISHES_PER_RUN + 5 {
         let marker = format!("\"data\":[{seq},");
         let sent = Instant::now();
-        publish(&mut writer, seq);
+        send(&mut writer, transport, seq);
         let mut waiting = n;
         while waiting > 0 {
             poll.poll(&mut events, Some(Duration::from_secs(10)))
@@ -214,7 +274,9 @@ fn run(n: usize) {
                 }
             }
         }
-        read_response(&mut reader);
+        if transport == Transport::Sse {
+            read_response(&mut reader);
+        }
         // The first few warm up caches and connections.
         let warm = seq >= 5;
         let mut last = Duration::ZERO;
@@ -229,22 +291,31 @@ fn run(n: usize) {
             to_last.push(last);
         }
     }
-    println!("one publish to {n} SSE clients, {PUBLISHES_PER_RUN} publishes:");
+    println!("one message to {n} {name} clients, {PUBLISHES_PER_RUN} messages:");
     show("delivery to each client", per_delivery);
     show("until the last client has it", to_last);
 }
 
 fn main() {
-    let counts: Vec<usize> = std::env::args()
-        .skip(1)
-        .filter_map(|a| a.parse().ok())
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut transports: Vec<Transport> = args
+        .iter()
+        .filter_map(|a| match a.as_str() {
+            "sse" => Some(Transport::Sse),
+            "ws" => Some(Transport::Ws),
+            _ => None,
+        })
         .collect();
-    let counts = if counts.is_empty() {
-        vec![1000, 10_000]
-    } else {
-        counts
-    };
-    for n in counts {
-        run(n);
+    if transports.is_empty() {
+        transports = vec![Transport::Sse, Transport::Ws];
+    }
+    let mut counts: Vec<usize> = args.iter().filter_map(|a| a.parse().ok()).collect();
+    if counts.is_empty() {
+        counts = vec![1000, 10_000];
+    }
+    for &transport in &transports {
+        for &n in &counts {
+            run(transport, n);
+        }
     }
 }
