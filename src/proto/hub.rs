@@ -524,6 +524,34 @@ mod tests {
     }
 
     #[test]
+    fn websocket_frames_carry_the_envelope_or_the_broadcast() {
+        let mut hub = Hub::new(0xab, 10, 10);
+        let now = Instant::now();
+        let (e, _) = hub
+            .publish(now, "r", "update", &json!({"b":1,"a":2}), None)
+            .unwrap();
+        let frame = e.ws_frame();
+        assert_eq!(&frame[..2], &[0x81, e.envelope().len() as u8]);
+        assert_eq!(&frame[2..], e.envelope().as_bytes());
+        // The publisher's key order is kept.
+        assert!(e.envelope().ends_with(r#""data":{"b":1,"a":2}}"#));
+        let (b, _) = hub
+            .publish(now, "r", "broadcast", &json!("hi"), Some("7"))
+            .unwrap();
+        assert_eq!(
+            std::str::from_utf8(&b.ws_frame()[2..]).unwrap(),
+            r#"{"type":"broadcast","data":"hi","from":"7","id":"000000ab-2"}"#
+        );
+        // SSE subscribers of the room see an ordinary event named broadcast.
+        assert!(std::str::from_utf8(b.sse_bytes())
+            .unwrap()
+            .contains("event: broadcast\ndata: {\"type\":\"event\",\"topic\":\"r\""));
+        let all = hub.broadcast_to_all(now, &json!(null), "9");
+        assert_eq!(all.id.seq, 3);
+        assert_eq!(hub.history("r", None, 10).len(), 2);
+    }
+
+    #[test]
     fn topic_and_event_names_are_checked() {
         let mut hub = Hub::new(1, 10, 10);
         let now = Instant::now();

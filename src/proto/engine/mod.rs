@@ -1266,6 +1266,65 @@ mod tests {
         assert_eq!(e.counters().sse_streams, 1);
     }
 
+    const UPGRADE: &[u8] = b"GET /stream/ws HTTP/1.1\r\nUpgrade: websocket\r\n\
+Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
+
+    /// A masked client text frame (payload under 126 bytes).
+    fn client_text(text: &str) -> Vec<u8> {
+        let mut out = vec![0x81, 0x80 | text.len() as u8, 0, 0, 0, 0];
+        out.extend_from_slice(text.as_bytes());
+        out
+    }
+
+    #[test]
+    fn frames_sent_with_the_upgrade_request_are_answered_at_once() {
+        let mut e = engine(Config::default());
+        let now = Instant::now();
+        let id = e.accept(now, PEER.parse().unwrap()).unwrap();
+        let mut input = UPGRADE.to_vec();
+        input.extend(client_text(r#"{"type":"ping"}"#));
+        e.handle_input(now, id, &input);
+        let mut wire = Wire::default();
+        wire.run(&mut e);
+        let text = wire.text(id);
+        assert!(
+            text.starts_with("HTTP/1.1 101 Switching Protocols\r\n"),
+            "{text}"
+        );
+        assert!(text.contains(r#""type":"welcome""#));
+        assert!(text.ends_with(r#"{"type":"pong"}"#), "{text}");
+        assert_eq!(e.counters().websockets, 1);
+    }
+
+    #[test]
+    fn a_peer_that_does_not_answer_pings_is_dropped() {
+        let mut config = Config::default();
+        config.websocket.ping_interval_secs = 30;
+        config.websocket.pong_timeout_secs = 10;
+        let mut e = engine(config);
+        let t0 = Instant::now();
+        let at = |s| t0 + Duration::from_secs(s);
+        let id = e.accept(t0, PEER.parse().unwrap()).unwrap();
+        e.handle_input(t0, id, UPGRADE);
+        let mut wire = Wire::default();
+        wire.run(&mut e);
+        // Traffic at 20 s pushes the ping back to 50 s.
+        e.handle_input(at(20), id, &client_text(r#"{"type":"ping"}"#));
+        e.handle_timeout(at(30));
+        wire.run(&mut e);
+        assert!(!wire.sent[&id].windows(2).any(|w| w == [0x89, 0]));
+        e.handle_timeout(at(50));
+        wire.run(&mut e);
+        assert!(wire.sent[&id].ends_with(&[0x89, 0]), "a ping went out");
+        e.handle_timeout(at(59));
+        assert_eq!(e.connection_count(), 1);
+        e.handle_timeout(at(60));
+        wire.run(&mut e);
+        assert_eq!(wire.closed, vec![id]);
+        assert_eq!(e.counters().keepalive_timeouts, 1);
+        assert_eq!(e.counters().websockets, 0);
+    }
+
     #[test]
     fn heartbeats_come_only_when_the_stream_is_idle() {
         let mut config = Config::default();
