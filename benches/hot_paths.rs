@@ -37,7 +37,7 @@ fn http_parse(c: &mut Criterion) {
 }
 
 fn sse_encode(c: &mut Criterion) {
-    let data = payload();
+    let data = payload().to_string();
     let now = Instant::now();
     c.bench_function("sse/encode_event", |b| {
         b.iter(|| {

@@ -578,6 +578,9 @@ fn env_usize(name: &str, val: &str, what: &str) -> Result<usize, ConfigError> {
         .or_else(|_| err(format!("environment variable {name} is too large, got {n}")))
 }
 
+/// The most connections any limit may allow.
+const MAX_CONNECTIONS: u64 = 1 << 22;
+
 fn check_positive(path: &str, v: u64) -> Result<(), ConfigError> {
     if v == 0 {
         return err(format!("\"{path}\" must be a positive integer, got 0"));
@@ -889,10 +892,21 @@ impl Config {
     /// Checks every range and consistency rule; the error names the offending key.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let u = |n: usize| n as u64;
-        check_positive("max_connections", u(self.max_connections))?;
+        // Connection slots are indexed by tokens: keep them well inside any token range.
+        check_range(
+            "max_connections",
+            u(self.max_connections),
+            1,
+            MAX_CONNECTIONS,
+        )?;
 
         let sse = &self.sse;
-        check_positive("streaming.sse.max_connections", u(sse.max_connections))?;
+        check_range(
+            "streaming.sse.max_connections",
+            u(sse.max_connections),
+            1,
+            MAX_CONNECTIONS,
+        )?;
         check_positive("streaming.sse.heartbeat_secs", sse.heartbeat_secs)?;
 
         let ws = &self.websocket;
@@ -1702,8 +1716,9 @@ mod tests {
     fn validation_rejects_each_rule_naming_the_key() {
         type Edit = Box<dyn FnOnce(&mut Config)>;
         let cases: Vec<(Edit, &str)> = vec![
-            (Box::new(|c| c.max_connections = 0), "\"max_connections\" must be a positive integer, got 0"),
-            (Box::new(|c| c.sse.max_connections = 0), "\"streaming.sse.max_connections\" must be a positive integer, got 0"),
+            (Box::new(|c| c.max_connections = 0), "\"max_connections\" must be between 1 and 4194304, got 0"),
+            (Box::new(|c| c.max_connections = usize::MAX), "\"max_connections\" must be between 1 and 4194304, got 18446744073709551615"),
+            (Box::new(|c| c.sse.max_connections = 0), "\"streaming.sse.max_connections\" must be between 1 and 4194304, got 0"),
             (Box::new(|c| c.sse.heartbeat_secs = 0), "\"streaming.sse.heartbeat_secs\" must be a positive integer, got 0"),
             (Box::new(|c| c.websocket.max_message_bytes = 15), "\"streaming.websocket.max_message_bytes\" must be between 16 and 67108864, got 15"),
             (Box::new(|c| c.websocket.max_message_bytes = 67_108_865), "\"streaming.websocket.max_message_bytes\" must be between 16 and 67108864, got 67108865"),
@@ -1852,7 +1867,7 @@ mod tests {
         let e = Config::load(None, env(&[("MAX_CONNECTIONS", "0")]), None).unwrap_err();
         assert_eq!(
             e.to_string(),
-            "\"max_connections\" must be a positive integer, got 0"
+            "\"max_connections\" must be between 1 and 4194304, got 0"
         );
         assert_eq!(e.message(), e.0);
     }

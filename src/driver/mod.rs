@@ -81,9 +81,11 @@ impl Layout {
             ));
         }
         let index_bits = usize::BITS - (slots.max(2) - 1).leading_zeros();
-        let generation_bits = (usize::BITS - 1 - (conn_tokens >> index_bits).leading_zeros())
-            .min(32)
-            .min(usize::BITS - index_bits);
+        // What the range leaves above the index bits; none at all when it is just large enough.
+        let generation_bits = (conn_tokens >> index_bits)
+            .checked_ilog2()
+            .unwrap_or(0)
+            .min(32);
         let generation_mask = if generation_bits == 0 {
             0
         } else {
@@ -129,6 +131,8 @@ struct Socket {
     stream: TcpStream,
     /// Whether it is registered for writability (only while output is pending).
     writable: bool,
+    /// Whether it is on the ready list (input left unread when its budget ran out).
+    ready: bool,
 }
 
 /// An event published from another thread.
@@ -254,9 +258,13 @@ pub struct Server {
 }
 
 impl Server {
-    /// Binds the listen address of `config` (with a backlog that survives bursts of connects).
-    /// Nothing is served until the server is registered with a [`Poll`] (or [`Server::run`]).
+    /// Checks `config` and binds its listen address (with a backlog that survives bursts of
+    /// connects). Nothing is served until the server is registered with a [`Poll`] (or
+    /// [`Server::run`]). An invalid config is an [`io::ErrorKind::InvalidInput`] error.
     pub fn bind(config: Config) -> io::Result<Server> {
+        config
+            .validate()
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
         let listener = listen(config.listen)?;
         let local_addr = listener.local_addr()?;
         let (sender, publications) = mpsc::sync_channel(config.real_time.buffer_size.max(1));
@@ -343,7 +351,8 @@ impl Server {
     }
 
     /// Handles one event of the host's poll; events of tokens that are not the server's are
-    /// ignored.
+    /// ignored. Output it causes is written by the [`Server::on_timeout`] that follows the
+    /// batch.
     pub fn handle_event(&mut self, event: &mio::event::Event, now: Instant) {
         let Some(kind) = self.layout.and_then(|l| l.kind(event.token())) else {
             return;
@@ -359,11 +368,12 @@ impl Server {
                     self.read(now, id);
                 }
                 if event.is_writable() {
-                    self.flush(now, id);
+                    self.flush(now, id, true);
                 }
             }
         }
-        self.process_actions(now);
+        // What the events queued goes out in `on_timeout`, after the whole batch: one write per
+        // connection per wake-up however many events touched it.
     }
 
     /// How long the host may sleep before calling [`Server::on_timeout`]: zero while work is
@@ -384,7 +394,10 @@ impl Server {
     pub fn on_timeout(&mut self, now: Instant) {
         for _ in 0..self.ready.len() {
             if let Some(id) = self.ready.pop_front() {
-                self.read(now, id);
+                if let Some(socket) = self.socket_mut(id) {
+                    socket.ready = false;
+                    self.read(now, id);
+                }
             }
         }
         if self.accept_ready || self.accept_retry_at.is_some_and(|at| at <= now) {
@@ -527,6 +540,7 @@ impl Server {
             id,
             stream,
             writable: false,
+            ready: false,
         });
         self.process_actions(now);
     }
@@ -548,7 +562,12 @@ impl Server {
                     self.engine.handle_input(now, id, &self.read_buffer[..n]);
                     budget = budget.saturating_sub(n);
                     if budget == 0 {
-                        self.ready.push_back(id);
+                        if let Some(socket) = self.socket_mut(id) {
+                            if !socket.ready {
+                                socket.ready = true;
+                                self.ready.push_back(id);
+                            }
+                        }
                         return;
                     }
                 }
@@ -562,7 +581,12 @@ impl Server {
         }
     }
 
-    fn flush(&mut self, now: Instant, id: ConnId) {
+    /// Writes `id`'s output until it is all written or the socket is full. A socket known to
+    /// be full is left alone until its writable event (`writable_event`).
+    fn flush(&mut self, now: Instant, id: ConnId, writable_event: bool) {
+        if !writable_event && self.socket_mut(id).is_some_and(|s| s.writable) {
+            return;
+        }
         loop {
             let Some(socket) = self
                 .sockets
@@ -647,7 +671,7 @@ impl Server {
     fn process_actions(&mut self, now: Instant) {
         while let Some((id, action)) = self.engine.poll_action() {
             match action {
-                Action::Write => self.flush(now, id),
+                Action::Write => self.flush(now, id, false),
                 Action::Close => self.drop_socket(id, false),
             }
         }
@@ -732,6 +756,32 @@ mod tests {
         assert!(matches!(layout.kind(Token(11)), Some(TokenKind::Waker)));
         assert!(layout.kind(Token(9)).is_none());
         assert!(layout.kind(Token(10 + 2 + 1100 * 8)).is_none());
+    }
+
+    #[test]
+    fn the_smallest_range_allowed_works() {
+        let layout = Layout::new(
+            TokenRange {
+                start: 10,
+                len: 1066,
+            },
+            1064,
+        )
+        .unwrap();
+        assert_eq!(layout.generation_mask, 0);
+        let last = ConnId {
+            index: 1063,
+            generation: 99,
+        };
+        let token = layout.conn(last);
+        assert!(token.0 < 10 + 1066);
+        assert!(matches!(
+            layout.kind(token),
+            Some(TokenKind::Conn {
+                index: 1063,
+                generation: 0
+            })
+        ));
     }
 
     #[test]

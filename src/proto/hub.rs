@@ -8,7 +8,7 @@
 //! one without subscribers that was used least recently goes, and the hub remembers the newest id
 //! it held so that a client resuming past it learns that events were lost.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::fmt;
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
@@ -22,6 +22,9 @@ use super::{sse, ws};
 pub const MAX_TOPIC_BYTES: usize = 128;
 /// The longest event name, in bytes.
 pub const MAX_EVENT_NAME_BYTES: usize = 128;
+/// What an event's encodings add to its data, topic and name, at most: the envelope's keys, the
+/// id, the SSE fields, a WebSocket frame header and a sender id.
+const ENCODING_OVERHEAD: usize = 256;
 
 /// A published event's id: the hub's epoch and a sequence number that increases across topics.
 /// Written `EPOCH-SEQ`, the epoch as eight hex digits and the sequence in decimal.
@@ -77,13 +80,13 @@ pub struct Event {
 }
 
 impl Event {
-    /// An event. `name` must be valid ([`valid_event_name`]). With `from`, it is a WebSocket
-    /// broadcast from that connection.
+    /// An event whose data is `data`, compact JSON text. `name` must be valid
+    /// ([`valid_event_name`]). With `from`, it is a WebSocket broadcast from that connection.
     pub fn new(
         id: EventId,
         topic: Arc<str>,
         name: &str,
-        data: &serde_json::Value,
+        data: &str,
         from: Option<&str>,
         published_at: Instant,
     ) -> Event {
@@ -92,7 +95,7 @@ impl Event {
             topic,
             name: name.into(),
             published_at,
-            data: data.to_string().into_boxed_str(),
+            data: data.into(),
             from: from.map(Into::into),
             sse: OnceLock::new(),
             ws: OnceLock::new(),
@@ -172,6 +175,8 @@ pub enum HubError {
     InvalidEventName,
     /// Every one of `max_topics` topics has subscribers; nothing can be evicted.
     TooManyTopics,
+    /// Its encoding would not fit in a subscriber's queue (`max_queue_bytes`).
+    TooLarge,
 }
 
 impl HubError {
@@ -181,6 +186,7 @@ impl HubError {
             HubError::InvalidTopic => "invalid topic name: 1-128 bytes of [A-Za-z0-9_.:/-]",
             HubError::InvalidEventName => "invalid event name: 1-128 bytes, no control characters",
             HubError::TooManyTopics => "topic limit reached",
+            HubError::TooLarge => "event too large: its encoding must fit in max_queue_bytes",
         }
     }
 }
@@ -219,6 +225,7 @@ pub struct Hub {
     last_seq: u64,
     history: usize,
     max_topics: usize,
+    max_event_bytes: usize,
     topics: Slab<Topic>,
     by_name: HashMap<Arc<str>, usize>,
     /// Topics with no subscribers, oldest use first: the eviction order.
@@ -230,13 +237,14 @@ pub struct Hub {
 
 impl Hub {
     /// A hub whose ids carry `epoch`, keeping `history` events per topic and at most `max_topics`
-    /// topics.
-    pub fn new(epoch: u32, history: usize, max_topics: usize) -> Hub {
+    /// topics, refusing events whose encoding could pass `max_event_bytes`.
+    pub fn new(epoch: u32, history: usize, max_topics: usize, max_event_bytes: usize) -> Hub {
         Hub {
             epoch,
             last_seq: 0,
             history,
             max_topics: max_topics.max(1),
+            max_event_bytes,
             topics: Slab::new(),
             by_name: HashMap::new(),
             unwatched: BTreeMap::new(),
@@ -260,20 +268,33 @@ impl Hub {
         self.topics.iter().map(|(_, t)| &*t.name)
     }
 
-    /// Publishes an event: gives it an id and keeps it in the topic's history. With `from`, it
-    /// is a WebSocket broadcast to the topic's room from that connection. Returns it with the
-    /// topic's index for [`Hub::subscribers`].
+    /// Checks an event before it is published: its names, and that every encoding of it fits
+    /// in a subscriber's queue. `data` is compact JSON text.
+    pub fn check(&self, topic: &str, name: &str, data: &str) -> Result<(), HubError> {
+        if !valid_topic(topic) {
+            return Err(HubError::InvalidTopic);
+        }
+        if !valid_event_name(name) {
+            return Err(HubError::InvalidEventName);
+        }
+        if data.len() + topic.len() + name.len() + ENCODING_OVERHEAD > self.max_event_bytes {
+            return Err(HubError::TooLarge);
+        }
+        Ok(())
+    }
+
+    /// Publishes an event whose data is `data`, compact JSON text: gives it an id and keeps it
+    /// in the topic's history. With `from`, it is a WebSocket broadcast to the topic's room from
+    /// that connection. Returns it with the topic's index for [`Hub::subscribers`].
     pub fn publish(
         &mut self,
         now: Instant,
         topic: &str,
         name: &str,
-        data: &serde_json::Value,
+        data: &str,
         from: Option<&str>,
     ) -> Result<(Arc<Event>, usize), HubError> {
-        if !valid_event_name(name) {
-            return Err(HubError::InvalidEventName);
-        }
+        self.check(topic, name, data)?;
         let index = self.topic_index(topic)?;
         let id = self.next_id();
         let t = &mut self.topics[index];
@@ -297,13 +318,12 @@ impl Hub {
     /// Whether publishing on every one of `names` would find room for the topics it creates,
     /// without evicting any topic that is itself among `names`.
     pub fn has_room_for<'a>(&self, names: impl IntoIterator<Item = &'a str>) -> bool {
-        let mut seen: Vec<&str> = Vec::new();
+        let mut seen: HashSet<&str> = HashSet::new();
         let (mut new, mut pinned) = (0, 0);
         for name in names {
-            if seen.contains(&name) {
+            if !seen.insert(name) {
                 continue;
             }
-            seen.push(name);
             match self.by_name.get(name).map(|&i| &self.topics[i]) {
                 None => new += 1,
                 Some(t) if t.unwatched_key.is_some() => pinned += 1,
@@ -318,18 +338,33 @@ impl Hub {
     pub fn broadcast_to_all(
         &mut self,
         now: Instant,
-        data: &serde_json::Value,
+        data: &str,
         from: &str,
-    ) -> Arc<Event> {
+    ) -> Result<Arc<Event>, HubError> {
+        if data.len() + ENCODING_OVERHEAD > self.max_event_bytes {
+            return Err(HubError::TooLarge);
+        }
         let id = self.next_id();
-        Arc::new(Event::new(
+        Ok(Arc::new(Event::new(
             id,
             "".into(),
             "broadcast",
             data,
             Some(from),
             now,
-        ))
+        )))
+    }
+
+    /// Marks the topics among `names` that exist as just used, so that making room for new
+    /// topics published or subscribed to with them evicts others first.
+    pub fn touch<'a>(&mut self, names: impl IntoIterator<Item = &'a str>) {
+        for name in names {
+            if let Some(&index) = self.by_name.get(name) {
+                if self.topics[index].unwatched_key.is_some() {
+                    self.touch_unwatched(index);
+                }
+            }
+        }
     }
 
     fn next_id(&mut self) -> EventId {
@@ -495,13 +530,13 @@ mod tests {
 
     #[test]
     fn envelope_and_sse_block_are_encoded_once_as_the_contract_says() {
-        let mut hub = Hub::new(0xab, 10, 10);
+        let mut hub = Hub::new(0xab, 10, 10, 1 << 20);
         let (e, _) = hub
             .publish(
                 Instant::now(),
                 "news",
                 "update",
-                &json!({"any":"json"}),
+                &json!({"any":"json"}).to_string(),
                 None,
             )
             .unwrap();
@@ -515,7 +550,13 @@ mod tests {
             format!("id: 000000ab-1\nevent: update\ndata: {}\n\n", e.envelope())
         );
         let (m, _) = hub
-            .publish(Instant::now(), "news", "message", &json!("a\nb"), None)
+            .publish(
+                Instant::now(),
+                "news",
+                "message",
+                &json!("a\nb").to_string(),
+                None,
+            )
             .unwrap();
         assert!(!std::str::from_utf8(m.sse_bytes())
             .unwrap()
@@ -525,10 +566,10 @@ mod tests {
 
     #[test]
     fn websocket_frames_carry_the_envelope_or_the_broadcast() {
-        let mut hub = Hub::new(0xab, 10, 10);
+        let mut hub = Hub::new(0xab, 10, 10, 1 << 20);
         let now = Instant::now();
         let (e, _) = hub
-            .publish(now, "r", "update", &json!({"b":1,"a":2}), None)
+            .publish(now, "r", "update", &json!({"b":1,"a":2}).to_string(), None)
             .unwrap();
         let frame = e.ws_frame();
         assert_eq!(&frame[..2], &[0x81, e.envelope().len() as u8]);
@@ -536,7 +577,7 @@ mod tests {
         // The publisher's key order is kept.
         assert!(e.envelope().ends_with(r#""data":{"b":1,"a":2}}"#));
         let (b, _) = hub
-            .publish(now, "r", "broadcast", &json!("hi"), Some("7"))
+            .publish(now, "r", "broadcast", &json!("hi").to_string(), Some("7"))
             .unwrap();
         assert_eq!(
             std::str::from_utf8(&b.ws_frame()[2..]).unwrap(),
@@ -546,44 +587,51 @@ mod tests {
         assert!(std::str::from_utf8(b.sse_bytes())
             .unwrap()
             .contains("event: broadcast\ndata: {\"type\":\"event\",\"topic\":\"r\""));
-        let all = hub.broadcast_to_all(now, &json!(null), "9");
+        let all = hub.broadcast_to_all(now, "null", "9").unwrap();
         assert_eq!(all.id.seq, 3);
         assert_eq!(hub.history("r", None, 10).len(), 2);
     }
 
     #[test]
     fn topic_and_event_names_are_checked() {
-        let mut hub = Hub::new(1, 10, 10);
+        let mut hub = Hub::new(1, 10, 10, 1 << 20);
         let now = Instant::now();
         for bad in ["", "a b", "naïve", "x\n", &"a".repeat(129)] {
             assert_eq!(
-                hub.publish(now, bad, "message", &json!(1), None)
+                hub.publish(now, bad, "message", &json!(1).to_string(), None)
                     .unwrap_err(),
                 HubError::InvalidTopic
             );
         }
         assert!(hub
-            .publish(now, "a:b/c.d-e_F9", "message", &json!(1), None)
+            .publish(now, "a:b/c.d-e_F9", "message", &json!(1).to_string(), None)
             .is_ok());
         assert!(hub
-            .publish(now, &"a".repeat(128), "message", &json!(1), None)
+            .publish(
+                now,
+                &"a".repeat(128),
+                "message",
+                &json!(1).to_string(),
+                None
+            )
             .is_ok());
         assert_eq!(
-            hub.publish(now, "ok", "a\nb", &json!(1), None).unwrap_err(),
+            hub.publish(now, "ok", "a\nb", &json!(1).to_string(), None)
+                .unwrap_err(),
             HubError::InvalidEventName
         );
     }
 
     #[test]
     fn replay_is_complete_only_while_history_holds_everything_after_the_cursor() {
-        let mut hub = Hub::new(7, 3, 10);
+        let mut hub = Hub::new(7, 3, 10, 1 << 20);
         let now = Instant::now();
         let a = hub.subscribe(conn(0), "a").unwrap();
         let b = hub.subscribe(conn(0), "b").unwrap();
         let mut ids = Vec::new();
         for topic in ["a", "b", "a", "b"] {
             ids.push(
-                hub.publish(now, topic, "message", &json!(0), None)
+                hub.publish(now, topic, "message", &json!(0).to_string(), None)
                     .unwrap()
                     .0
                     .id,
@@ -595,7 +643,8 @@ mod tests {
         assert_eq!(seqs, vec![2, 3, 4]);
         // Topic a keeps 3: publishing 3 more pushes event 1 and 3 out.
         for _ in 0..3 {
-            hub.publish(now, "a", "message", &json!(0), None).unwrap();
+            hub.publish(now, "a", "message", &json!(0).to_string(), None)
+                .unwrap();
         }
         assert!(!hub.replay(&[a], &ids[0].to_string()).complete);
         assert!(hub.replay(&[b], &ids[0].to_string()).complete);
@@ -611,12 +660,14 @@ mod tests {
 
     #[test]
     fn eviction_takes_the_least_recently_used_unwatched_topic_and_is_remembered() {
-        let mut hub = Hub::new(1, 5, 2);
+        let mut hub = Hub::new(1, 5, 2, 1 << 20);
         let now = Instant::now();
         let watched = hub.subscribe(conn(1), "watched").unwrap();
-        hub.publish(now, "old", "message", &json!(0), None).unwrap();
+        hub.publish(now, "old", "message", &json!(0).to_string(), None)
+            .unwrap();
         // A third topic evicts "old" (the only one without subscribers).
-        hub.publish(now, "new", "message", &json!(0), None).unwrap();
+        hub.publish(now, "new", "message", &json!(0).to_string(), None)
+            .unwrap();
         assert_eq!(hub.topic_count(), 2);
         assert!(hub.history("old", None, 10).is_empty());
         // With both topics watched, nothing can make room.
@@ -634,11 +685,13 @@ mod tests {
 
     #[test]
     fn room_for_new_topics_counts_what_could_be_evicted() {
-        let mut hub = Hub::new(1, 5, 3);
+        let mut hub = Hub::new(1, 5, 3, 1 << 20);
         let now = Instant::now();
         hub.subscribe(conn(1), "w").unwrap();
-        hub.publish(now, "u", "message", &json!(0), None).unwrap();
-        hub.publish(now, "v", "message", &json!(0), None).unwrap();
+        hub.publish(now, "u", "message", &json!(0).to_string(), None)
+            .unwrap();
+        hub.publish(now, "v", "message", &json!(0).to_string(), None)
+            .unwrap();
         // Full: "w" is watched, "u" and "v" can go.
         assert!(hub.has_room_for(["w", "u", "v"]));
         assert!(hub.has_room_for(["x", "y"]));
@@ -651,7 +704,7 @@ mod tests {
 
     #[test]
     fn a_topic_with_no_subscribers_and_no_history_is_removed() {
-        let mut hub = Hub::new(1, 5, 10);
+        let mut hub = Hub::new(1, 5, 10, 1 << 20);
         let s = hub.subscribe(conn(1), "t").unwrap();
         assert_eq!(hub.topic_count(), 1);
         assert_eq!(hub.subscribers(s.topic).collect::<Vec<_>>(), vec![conn(1)]);
@@ -661,11 +714,11 @@ mod tests {
 
     #[test]
     fn history_honours_since_and_limit() {
-        let mut hub = Hub::new(1, 10, 10);
+        let mut hub = Hub::new(1, 10, 10, 1 << 20);
         let now = Instant::now();
         let ids: Vec<_> = (0..5)
             .map(|i| {
-                hub.publish(now, "t", "message", &json!(i), None)
+                hub.publish(now, "t", "message", &json!(i).to_string(), None)
                     .unwrap()
                     .0
                     .id

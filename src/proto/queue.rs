@@ -237,7 +237,7 @@ mod tests {
             EventId { epoch: 1, seq },
             "t".into(),
             "message",
-            &serde_json::Value::String(payload.into()),
+            &serde_json::Value::String(payload.into()).to_string(),
             None,
             Instant::now(),
         ))

@@ -53,6 +53,8 @@ const LINGER: Duration = Duration::from_secs(2);
 const REFUSAL_RESERVE: usize = 64;
 /// The most topics one SSE request may subscribe to.
 const MAX_TOPICS_PER_STREAM: usize = 64;
+/// The most event names one SSE request may filter on.
+const MAX_EVENT_FILTERS: usize = 64;
 /// An input buffer larger than this is freed once empty; smaller ones are kept for the next
 /// request of a keep-alive connection.
 const IDLE_BUFFER_CAPACITY: usize = 4096;
@@ -192,6 +194,7 @@ impl Engine {
             epoch,
             config.websocket.message_history,
             config.limits.max_topics,
+            config.backpressure.max_queue_bytes,
         );
         Engine {
             features: config.effective_features(),
@@ -216,7 +219,7 @@ impl Engine {
 
     /// The most connections open at once, refused ones included: slot indices stay below it.
     pub fn max_slots(&self) -> usize {
-        self.config.max_connections + REFUSAL_RESERVE
+        self.config.max_connections.saturating_add(REFUSAL_RESERVE)
     }
 
     /// The running totals.
@@ -462,9 +465,18 @@ impl Engine {
         event: Option<&str>,
         data: &serde_json::Value,
     ) -> Result<EventId, HubError> {
-        let (event, topic_index) =
-            self.hub
-                .publish(now, topic, event.unwrap_or("message"), data, None)?;
+        self.publish_json(now, topic, event.unwrap_or("message"), &data.to_string())
+    }
+
+    /// Publishes an event whose data is already compact JSON text.
+    fn publish_json(
+        &mut self,
+        now: Instant,
+        topic: &str,
+        name: &str,
+        data: &str,
+    ) -> Result<EventId, HubError> {
+        let (event, topic_index) = self.hub.publish(now, topic, name, data, None)?;
         self.counters.events_published += 1;
         self.fan_out(now, &event, Some(topic_index), None);
         Ok(event.id)
@@ -726,6 +738,16 @@ impl Engine {
             let input = conn.inbuf.get(used..).unwrap_or_default();
             match &mut conn.phase {
                 Phase::Idle | Phase::Head => {
+                    // Blank lines before a request line are skipped (RFC 9112 section 2.2).
+                    let blank = input
+                        .iter()
+                        .take_while(|b| matches!(b, b'\r' | b'\n'))
+                        .count();
+                    if blank > 0 {
+                        used += blank;
+                        conn.head_searched = 0;
+                        continue;
+                    }
                     if input.is_empty() {
                         break;
                     }
@@ -848,7 +870,10 @@ impl Engine {
                 "GET" | "HEAD" => http::json_response(200, r#"{"status":"ok"}"#, "", keep_alive),
                 _ => method_not_allowed("GET, HEAD", keep_alive),
             },
-            "/stream/ws" => return self.open_websocket(now, id, &request),
+            "/stream/ws" => match method {
+                "GET" => return self.open_websocket(now, id, &request),
+                _ => method_not_allowed("GET", keep_alive),
+            },
             "/" if ws::wants_upgrade(&request) => return self.open_websocket(now, id, &request),
             "/" => match method {
                 "GET" | "HEAD" => http::response(
@@ -889,18 +914,26 @@ impl Engine {
             serde_json::Value::Array(items) => items.iter().collect::<Vec<_>>(),
             one => vec![one],
         };
+        // All of the batch or none of it: every item is checked before any is published, so a
+        // client told to retry never duplicates a part.
         let mut checked = Vec::with_capacity(items.len());
         for item in items {
-            match publication(item) {
-                Ok(p) => checked.push(p),
+            let (topic, event, data) = match publication(item) {
+                Ok(p) => p,
                 Err(reason) => return bad(reason),
+            };
+            let event = event.unwrap_or("message");
+            let data = data.to_string();
+            match self.hub.check(topic, event, &data) {
+                Ok(()) => checked.push((topic, event, data)),
+                Err(HubError::TooLarge) => {
+                    return http::error_response(413, HubError::TooLarge.reason(), "", keep_alive)
+                }
+                Err(e) => return bad(e.reason()),
             }
         }
-        // All of the batch or none of it: a client told to retry must not duplicate a part.
-        if !self
-            .hub
-            .has_room_for(checked.iter().map(|(topic, _, _)| *topic))
-        {
+        let topics = || checked.iter().map(|(topic, _, _)| *topic);
+        if !self.hub.has_room_for(topics()) {
             return http::error_response(
                 503,
                 HubError::TooManyTopics.reason(),
@@ -908,9 +941,11 @@ impl Engine {
                 keep_alive,
             );
         }
+        // Room for new topics is made from topics outside the batch.
+        self.hub.touch(topics());
         let mut ids = Vec::with_capacity(checked.len());
-        for (topic, event, data) in checked {
-            match self.publish(now, topic, event, data) {
+        for (topic, event, data) in &checked {
+            match self.publish_json(now, topic, event, data) {
                 Ok(id) => ids.push(serde_json::Value::String(id.to_string())),
                 Err(e) => return bad(e.reason()),
             }
@@ -956,16 +991,23 @@ impl Engine {
                             return Err((400, HubError::InvalidTopic.reason()));
                         }
                         if !topics.iter().any(|have| have == t) {
+                            if topics.len() == MAX_TOPICS_PER_STREAM {
+                                return Err((400, "too many topics: at most 64 per stream"));
+                            }
                             topics.push(t.to_string());
                         }
                     }
                 }
-                "event" => events.extend(
-                    value
-                        .split(',')
-                        .filter(|e| !e.is_empty())
-                        .map(Box::<str>::from),
-                ),
+                "event" => {
+                    for e in value.split(',').filter(|e| !e.is_empty()) {
+                        if !events.iter().any(|have| **have == *e) {
+                            if events.len() == MAX_EVENT_FILTERS {
+                                return Err((400, "too many event names: at most 64 per stream"));
+                            }
+                            events.push(e.into());
+                        }
+                    }
+                }
                 "lastEventId" if cursor.is_none() => cursor = Some(value),
                 _ => {}
             }
@@ -973,9 +1015,7 @@ impl Engine {
         if topics.is_empty() {
             return Err((400, "missing topic"));
         }
-        if topics.len() > MAX_TOPICS_PER_STREAM {
-            return Err((400, "too many topics: at most 64 per stream"));
-        }
+        self.hub.touch(topics.iter().map(String::as_str));
         let mut subscriptions = Vec::with_capacity(topics.len());
         for t in &topics {
             match self.hub.subscribe(id, t) {
@@ -991,13 +1031,20 @@ impl Engine {
                 }
             }
         }
-        let replay = cursor.map(|c| self.hub.replay(&subscriptions, &c));
+        let limit = self.config.backpressure.max_queue_bytes;
+        let replay = cursor.map(|c| {
+            let mut replay = self.hub.replay(&subscriptions, &c);
+            replay
+                .events
+                .retain(|e| events.is_empty() || events.iter().any(|n| **n == *e.name));
+            // Room is left for the opening and the recovery event.
+            fit_replay(replay, limit.saturating_sub(1024), Encoding::Sse)
+        });
         let stream = SseStream {
             subscriptions,
             events: (!events.is_empty()).then(|| events.into_boxed_slice()),
             last_write: now,
         };
-        let limit = self.config.backpressure.max_queue_bytes;
         let policy = policy(&self.config);
         let retry_ms = self.config.sse.retry_ms;
         let heartbeat = self.config.sse.heartbeat();
@@ -1013,7 +1060,7 @@ impl Engine {
         let mut overflow = false;
         let mut dropped = 0;
         if let Some(replay) = replay {
-            for event in replay.events.into_iter().filter(|e| stream.wants(&e.name)) {
+            for event in replay.events {
                 match conn
                     .out
                     .push_event(event, Encoding::Sse, limit, policy, sse::dropped)
@@ -1038,6 +1085,27 @@ impl Engine {
         self.set_deadline(id, now.checked_add(heartbeat));
         self.want_write(id);
         Ok(())
+    }
+}
+
+/// A replay that fits in `budget` bytes of a queue in `encoding`, or an incomplete one: a client
+/// must never be told `recovered:true` after part of its replay was dropped, and a replay that
+/// could never fit must not close the stream that asked for it.
+fn fit_replay(replay: hub::Replay, budget: usize, encoding: Encoding) -> hub::Replay {
+    let bytes: usize = replay
+        .events
+        .iter()
+        .map(|e| match encoding {
+            Encoding::Sse => e.sse_bytes().len(),
+            Encoding::WebSocket => e.ws_frame().len(),
+        })
+        .sum();
+    if bytes <= budget {
+        return replay;
+    }
+    hub::Replay {
+        complete: false,
+        events: Vec::new(),
     }
 }
 
@@ -1323,6 +1391,95 @@ Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhb
         assert_eq!(wire.closed, vec![id]);
         assert_eq!(e.counters().keepalive_timeouts, 1);
         assert_eq!(e.counters().websockets, 0);
+    }
+
+    fn subscriber(e: &mut Engine, now: Instant, request: &str) -> ConnId {
+        let id = e.accept(now, PEER.parse().unwrap()).unwrap();
+        e.handle_input(now, id, request.as_bytes());
+        id
+    }
+
+    #[test]
+    fn an_event_larger_than_a_queue_is_refused_and_nobody_is_disconnected() {
+        let mut config = Config::default();
+        config.backpressure.max_queue_bytes = 8192;
+        let mut e = engine(config);
+        let now = Instant::now();
+        let sub = subscriber(&mut e, now, "GET /stream/sse?topic=t HTTP/1.1\r\n\r\n");
+        let body = format!(r#"{{"topic":"t","data":"{}"}}"#, "x".repeat(8000));
+        let publisher = subscriber(
+            &mut e,
+            now,
+            &format!(
+                "POST /stream/publish HTTP/1.1\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            ),
+        );
+        let mut wire = Wire::default();
+        wire.run(&mut e);
+        assert!(wire.text(publisher).starts_with("HTTP/1.1 413 "));
+        assert_eq!(e.counters().events_published, 0);
+        assert_eq!(e.counters().slow_consumers_disconnected, 0);
+        assert!(!wire.closed.contains(&sub));
+    }
+
+    #[test]
+    fn a_replay_that_cannot_fit_is_not_attempted_and_the_stream_stays() {
+        let mut config = Config::default();
+        config.backpressure.max_queue_bytes = 8192;
+        let mut e = engine(config);
+        let now = Instant::now();
+        let data = serde_json::Value::String("y".repeat(1000));
+        let first = e.publish(now, "t", None, &data).unwrap();
+        for _ in 0..20 {
+            e.publish(now, "t", None, &data).unwrap();
+        }
+        let sub = subscriber(
+            &mut e,
+            now,
+            &format!("GET /stream/sse?topic=t HTTP/1.1\r\nLast-Event-ID: {first}\r\n\r\n"),
+        );
+        let mut wire = Wire::default();
+        wire.run(&mut e);
+        let text = wire.text(sub);
+        assert!(
+            text.ends_with("event: recovery\ndata: {\"recovered\":false}\n\n"),
+            "{text}"
+        );
+        assert!(!text.contains("\nid: "));
+        assert_eq!(e.counters().sse_streams, 1);
+    }
+
+    #[test]
+    fn blank_lines_before_a_request_are_skipped_one_byte_at_a_time() {
+        let mut e = engine(Config::default());
+        let now = Instant::now();
+        let id = e.accept(now, PEER.parse().unwrap()).unwrap();
+        for _ in 0..2000 {
+            e.handle_input(now, id, b"\r\n");
+        }
+        e.handle_input(now, id, b"GET /health HTTP/1.1\r\n\r\n");
+        let mut wire = Wire::default();
+        wire.run(&mut e);
+        assert!(
+            wire.text(id).starts_with("HTTP/1.1 200 OK"),
+            "{}",
+            wire.text(id)
+        );
+    }
+
+    #[test]
+    fn a_websocket_path_with_the_wrong_method_is_a_405() {
+        let mut e = engine(Config::default());
+        let now = Instant::now();
+        let id = subscriber(&mut e, now, "POST /stream/ws HTTP/1.1\r\n\r\n");
+        let mut wire = Wire::default();
+        wire.run(&mut e);
+        let text = wire.text(id);
+        assert!(
+            text.starts_with("HTTP/1.1 405 ") && text.contains("Allow: GET\r\n"),
+            "{text}"
+        );
     }
 
     #[test]

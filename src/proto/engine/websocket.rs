@@ -89,6 +89,10 @@ impl Engine {
         let (incoming, failure) = socket.session.receive(data);
         self.ws_flush(id);
         for message in incoming {
+            // A message before this one may have ended the session.
+            if self.ws_mut(id).is_none() {
+                return;
+            }
             match message {
                 Incoming::Text(text) => self.ws_message(now, id, &text),
                 Incoming::Binary => {
@@ -103,7 +107,9 @@ impl Engine {
             }
         }
         if let Some(failure) = failure {
-            self.ws_close(now, id, failure.code, failure.reason);
+            if self.ws_mut(id).is_some() {
+                self.ws_close(now, id, failure.code, failure.reason);
+            }
         }
     }
 
@@ -161,8 +167,13 @@ impl Engine {
         let Some(since) = since else {
             return;
         };
-        let replay = self.hub.replay(&[sub], since);
         let limit = self.config.backpressure.max_queue_bytes;
+        let queued = self.conn(id).map_or(0, |c| c.out.len());
+        let replay = super::fit_replay(
+            self.hub.replay(&[sub], since),
+            limit.saturating_sub(queued + 1024),
+            Encoding::WebSocket,
+        );
         let policy = super::policy(&self.config);
         let mut overflow = false;
         let mut dropped = 0;
@@ -207,7 +218,7 @@ impl Engine {
     }
 
     fn ws_broadcast(&mut self, now: Instant, id: ConnId, message: &Value) {
-        let data = message.get("data").unwrap_or(&Value::Null);
+        let data = message.get("data").unwrap_or(&Value::Null).to_string();
         let exclude = match message.get("exclude_self") {
             None | Some(Value::Null) | Some(Value::Bool(false)) => None,
             Some(Value::Bool(true)) => Some(id),
@@ -217,16 +228,18 @@ impl Engine {
             return;
         };
         match message.get("room") {
-            None | Some(Value::Null) => {
-                let event = self.hub.broadcast_to_all(now, data, &from);
-                self.counters.events_published += 1;
-                self.fan_out(now, &event, None, exclude);
-            }
+            None | Some(Value::Null) => match self.hub.broadcast_to_all(now, &data, &from) {
+                Ok(event) => {
+                    self.counters.events_published += 1;
+                    self.fan_out(now, &event, None, exclude);
+                }
+                Err(e) => self.ws_error(id, e.reason()),
+            },
             Some(_) => {
                 let Some(room) = room_of(message) else {
                     return self.ws_error(id, HubError::InvalidTopic.reason());
                 };
-                match self.hub.publish(now, room, "broadcast", data, Some(&from)) {
+                match self.hub.publish(now, room, "broadcast", &data, Some(&from)) {
                     Ok((event, index)) => {
                         self.counters.events_published += 1;
                         self.fan_out(now, &event, Some(index), exclude);
