@@ -17,6 +17,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+pub mod ws;
 
 /// The bound of every wait. It is only reached when something is wrong.
 pub const WAIT: Duration = Duration::from_secs(10);

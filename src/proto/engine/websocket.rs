@@ -128,7 +128,11 @@ impl Engine {
             "leave" => self.ws_leave(id, &message),
             "broadcast" => self.ws_broadcast(now, id, &message),
             "publish" => self.ws_publish(now, id, &message),
-            other => self.ws_error(id, &format!("unknown message type {other:?}")),
+            other => {
+                // Quote a bounded part of what the client sent: the reply must stay small.
+                let shown: String = other.chars().take(64).collect();
+                self.ws_error(id, &format!("unknown message type {shown:?}"));
+            }
         }
     }
 
@@ -139,7 +143,11 @@ impl Engine {
         let Some(room) = room_of(message) else {
             return self.ws_error(id, HubError::InvalidTopic.reason());
         };
-        let since = message.get("since").and_then(Value::as_str);
+        let since = match message.get("since") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(since)) => Some(since.as_str()),
+            Some(_) => return self.ws_error(id, "\"since\" must be an event id string"),
+        };
         let Some(socket) = self.ws_mut(id) else {
             return;
         };
