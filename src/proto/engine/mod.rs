@@ -1365,6 +1365,32 @@ Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhb
     }
 
     #[test]
+    fn turning_websocket_streaming_off_closes_websockets_with_1001_and_spares_sse() {
+        let mut e = engine(Config::default());
+        let now = Instant::now();
+        let socket = subscriber(&mut e, now, std::str::from_utf8(UPGRADE).unwrap());
+        let stream = subscriber(&mut e, now, "GET /stream/sse?topic=t HTTP/1.1\r\n\r\n");
+        let mut wire = Wire::default();
+        wire.run(&mut e);
+        e.set_feature(now, Feature::WebsocketStreaming, false);
+        wire.run(&mut e);
+        let sent = &wire.sent[&socket];
+        let close = sent
+            .iter()
+            .rposition(|&b| b == 0x88)
+            .expect("a close frame");
+        assert_eq!(&sent[close + 2..close + 4], &1001u16.to_be_bytes());
+        assert_eq!(wire.shut, vec![socket]);
+        assert_eq!(e.counters().websockets, 0);
+        assert_eq!(e.counters().sse_streams, 1);
+        assert!(!wire.shut.contains(&stream));
+        // New upgrades get 501.
+        let late = subscriber(&mut e, now, std::str::from_utf8(UPGRADE).unwrap());
+        wire.run(&mut e);
+        assert!(wire.text(late).starts_with("HTTP/1.1 501 "));
+    }
+
+    #[test]
     fn a_peer_that_does_not_answer_pings_is_dropped() {
         let mut config = Config::default();
         config.websocket.ping_interval_secs = 30;
