@@ -1,5 +1,5 @@
 //! The engine: every connection's state machine, request routing and the fan-out of published
-//! events into subscriber queues — sans IO. The WebSocket message protocol is in [`websocket`].
+//! events into subscriber queues — sans IO. The WebSocket message protocol is in the `websocket` submodule.
 //!
 //! # How a driver uses it
 //!
