@@ -488,10 +488,7 @@ impl Server {
     }
 
     fn socket_mut(&mut self, id: ConnId) -> Option<&mut Socket> {
-        self.sockets
-            .get_mut(id.index as usize)?
-            .as_mut()
-            .filter(|s| s.id == id)
+        socket_in(&mut self.sockets, id)
     }
 
     fn accept(&mut self, now: Instant) {
@@ -548,12 +545,7 @@ impl Server {
     fn read(&mut self, now: Instant, id: ConnId) {
         let mut budget = READ_BUDGET;
         loop {
-            let Some(socket) = self
-                .sockets
-                .get_mut(id.index as usize)
-                .and_then(Option::as_mut)
-                .filter(|s| s.id == id)
-            else {
+            let Some(socket) = socket_in(&mut self.sockets, id) else {
                 return;
             };
             match socket.stream.read(&mut self.read_buffer) {
@@ -588,12 +580,7 @@ impl Server {
             return;
         }
         loop {
-            let Some(socket) = self
-                .sockets
-                .get_mut(id.index as usize)
-                .and_then(Option::as_mut)
-                .filter(|s| s.id == id)
-            else {
+            let Some(socket) = socket_in(&mut self.sockets, id) else {
                 return;
             };
             let mut slices = [IoSlice::new(&[]); MAX_SLICES];
@@ -627,12 +614,7 @@ impl Server {
         let (Some(registry), Some(layout)) = (&self.registry, self.layout) else {
             return;
         };
-        let Some(socket) = self
-            .sockets
-            .get_mut(id.index as usize)
-            .and_then(Option::as_mut)
-            .filter(|s| s.id == id)
-        else {
+        let Some(socket) = socket_in(&mut self.sockets, id) else {
             return;
         };
         if socket.writable == writable {
@@ -692,6 +674,15 @@ impl Server {
         }
         self.publications_ready = true;
     }
+}
+
+/// The socket of `id`, if it is still open: a free function so that a caller can hold it while
+/// using the engine and the read buffer, which are other fields of the server.
+fn socket_in(sockets: &mut [Option<Socket>], id: ConnId) -> Option<&mut Socket> {
+    sockets
+        .get_mut(id.index as usize)?
+        .as_mut()
+        .filter(|s| s.id == id)
 }
 
 /// A non-blocking listener with a deep backlog.
