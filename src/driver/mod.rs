@@ -22,7 +22,7 @@ use mio::{Events, Interest, Poll, Registry, Token, Waker};
 
 use crate::config::Config;
 use crate::features::Feature;
-use crate::proto::engine::{Action, Counters, Drained, Engine};
+use crate::proto::engine::{Action, Counters, Drained, Engine, RandomSource};
 use crate::proto::hub::{self, EventId, HubError};
 use crate::proto::ConnId;
 
@@ -268,8 +268,10 @@ impl Server {
         let listener = listen(config.listen)?;
         let local_addr = listener.local_addr()?;
         let (sender, publications) = mpsc::sync_channel(config.real_time.buffer_size.max(1));
+        let mut engine = Engine::new(config, random_epoch());
+        engine.set_random_source(os_random()?);
         Ok(Server {
-            engine: Engine::new(config, random_epoch()),
+            engine,
             listener: Some(listener),
             local_addr,
             registry: None,
@@ -701,6 +703,20 @@ fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
 fn out_of_resources(e: &io::Error) -> bool {
     // EMFILE, ENFILE, ENOBUFS, ENOMEM
     matches!(e.raw_os_error(), Some(24 | 23 | 105 | 12))
+}
+
+/// The kernel's random bytes, for MCP session ids.
+fn os_random() -> io::Result<RandomSource> {
+    let mut urandom = std::fs::File::open("/dev/urandom")?;
+    Ok(RandomSource::new(move |buf: &mut [u8]| {
+        match urandom.read_exact(buf) {
+            Ok(()) => true,
+            Err(e) => {
+                log::error!("reading /dev/urandom: {e}");
+                false
+            }
+        }
+    }))
 }
 
 /// An epoch for this run's event ids: random, so that ids of an earlier run never pass for ours.

@@ -14,6 +14,7 @@
 pub mod engine;
 pub mod http;
 pub mod hub;
+pub mod jsonrpc;
 pub mod queue;
 pub mod sse;
 pub mod timers;

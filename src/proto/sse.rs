@@ -30,17 +30,25 @@ fn control_block(name: &str, data: &str) -> Vec<u8> {
     format!("event: {name}\ndata: {data}\n\n").into_bytes()
 }
 
+/// The response head of a stream; `extra_headers` are full lines, each ending in CRLF.
+pub fn stream_head(extra_headers: &str) -> Vec<u8> {
+    format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n\
+         X-Accel-Buffering: no\r\nConnection: close\r\n{extra_headers}\r\n"
+    )
+    .into_bytes()
+}
+
 /// The response head and the opening of a stream: the `retry:` line and the `connected` event.
 pub fn stream_opening(retry_ms: u64, connection_id: &str, extra_headers: &str) -> Vec<u8> {
     let mut data = String::from(r#"{"status":"connected","id":"#);
     super::hub::push_json_string(&mut data, connection_id);
     data.push('}');
-    format!(
-        "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n\
-         X-Accel-Buffering: no\r\nConnection: close\r\n{extra_headers}\r\n\
-         retry: {retry_ms}\nevent: connected\ndata: {data}\n\n"
-    )
-    .into_bytes()
+    let mut out = stream_head(extra_headers);
+    out.extend_from_slice(
+        format!("retry: {retry_ms}\nevent: connected\ndata: {data}\n\n").as_bytes(),
+    );
+    out
 }
 
 /// The `recovery` event that ends a replay.

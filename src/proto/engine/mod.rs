@@ -40,10 +40,14 @@ use super::ConnId;
 use crate::config::{Config, SlowConsumer};
 use crate::features::{Feature, FeatureSet};
 
+mod mcp;
 mod websocket;
 
+use mcp::{Mcp, McpStream};
 use std::sync::Arc;
 use websocket::WsConn;
+
+pub use mcp::PROTOCOL_VERSIONS;
 
 /// How long a closing connection may take to send its last bytes, and then to send its end of
 /// stream after ours, before it is dropped. During a shutdown the drain deadline bounds the
@@ -91,6 +95,8 @@ pub struct Counters {
     pub websockets: usize,
     /// WebSocket peers closed for not answering pings.
     pub keepalive_timeouts: u64,
+    /// MCP SSE streams open now (streamed answers and session streams).
+    pub mcp_streams: usize,
     /// Requests parsed.
     pub requests: u64,
     /// Events published.
@@ -118,6 +124,8 @@ enum Phase {
     Sse(Box<SseStream>),
     /// A WebSocket session (deadline: the next ping, or the pong it waits for).
     Ws(Box<WsConn>),
+    /// An MCP SSE stream (deadline: the next countdown step, or a heartbeat).
+    Mcp(Box<McpStream>),
     /// Sending its last bytes, then shutting the write side and waiting for the peer's end of
     /// stream (deadline: linger). Input is discarded.
     Closing,
@@ -185,6 +193,44 @@ pub struct Engine {
     drain_deadline: Option<Instant>,
     /// Every WebSocket connection, for broadcasts to all.
     websockets: Slab<ConnId>,
+    mcp: Mcp,
+    /// Fills buffers with random bytes (MCP session ids); the driver gives a secure one.
+    random: RandomSource,
+}
+
+/// Fills a buffer with random bytes; returns whether it could.
+type Fill = dyn FnMut(&mut [u8]) -> bool + Send;
+
+/// A source of random bytes, given by the driver (the core reads no device).
+pub struct RandomSource(Box<Fill>);
+
+impl RandomSource {
+    /// A source that calls `fill` for every buffer; `fill` returns whether it could.
+    pub fn new(fill: impl FnMut(&mut [u8]) -> bool + Send + 'static) -> RandomSource {
+        RandomSource(Box::new(fill))
+    }
+
+    /// A predictable source (splitmix64 from `seed`), for tests and benchmarks only.
+    pub fn predictable(seed: u64) -> RandomSource {
+        let mut state = seed;
+        RandomSource::new(move |buf: &mut [u8]| {
+            for chunk in buf.chunks_mut(8) {
+                state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+                let mut z = state;
+                z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+                z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+                z ^= z >> 31;
+                chunk.copy_from_slice(&z.to_le_bytes()[..chunk.len()]);
+            }
+            true
+        })
+    }
+}
+
+impl std::fmt::Debug for RandomSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RandomSource")
+    }
 }
 
 impl Engine {
@@ -208,8 +254,16 @@ impl Engine {
             counted_connections: 0,
             drain_deadline: None,
             websockets: Slab::new(),
+            mcp: Mcp::default(),
+            random: RandomSource::predictable(u64::from(epoch)),
             config,
         }
+    }
+
+    /// Sets where MCP session ids come from: the driver gives a cryptographically secure
+    /// source; without one, ids are predictable (fine for tests, not for a server).
+    pub fn set_random_source(&mut self, random: RandomSource) {
+        self.random = random;
     }
 
     /// The configuration served.
@@ -260,6 +314,17 @@ impl Engine {
                 let sockets: Vec<ConnId> = self.websockets.iter().map(|(_, id)| *id).collect();
                 for id in sockets {
                     self.ws_close(now, id, 1001, "WebSocket streaming disabled");
+                }
+            }
+            Feature::McpTransport => {
+                let streams: Vec<ConnId> = self
+                    .conns
+                    .iter()
+                    .filter(|(_, c)| matches!(c.phase, Phase::Mcp(_)))
+                    .map(|(i, c)| id_of(i, c))
+                    .collect();
+                for id in streams {
+                    self.start_closing(now, id);
                 }
             }
             _ => {}
@@ -325,7 +390,7 @@ impl Engine {
         };
         match conn.phase {
             // Nothing is read on a stream or while closing: what comes is dropped.
-            Phase::Sse(_) | Phase::Closing => return,
+            Phase::Sse(_) | Phase::Mcp(_) | Phase::Closing => return,
             Phase::Ws(_) => return self.ws_input(now, id, data),
             Phase::Idle | Phase::Head | Phase::Body(_) => conn.inbuf.extend_from_slice(data),
         }
@@ -339,7 +404,7 @@ impl Engine {
         };
         conn.peer_closed = true;
         match conn.phase {
-            Phase::Sse(_) | Phase::Ws(_) => self.close(id),
+            Phase::Sse(_) | Phase::Ws(_) | Phase::Mcp(_) => self.close(id),
             _ if conn.out.is_empty() => self.close(id),
             // What it is owed still goes out (a client may half-close after a request); the
             // connection closes once that is written.
@@ -409,10 +474,14 @@ impl Engine {
 
     /// The next deadline, if any.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        match (self.timers.next(), self.drain_deadline) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [
+            self.timers.next(),
+            self.drain_deadline,
+            self.mcp_next_reap(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// Acts on every deadline that has passed at `now`.
@@ -425,6 +494,7 @@ impl Engine {
                 self.on_deadline(now, id);
             }
         }
+        self.mcp_reap(now);
         if self.drain_deadline.is_some_and(|d| d <= now) {
             let all: Vec<ConnId> = self.conns.iter().map(|(i, c)| id_of(i, c)).collect();
             for id in all {
@@ -448,7 +518,7 @@ impl Engine {
             let Some(conn) = self.conn(id) else { continue };
             match conn.phase {
                 Phase::Closing => {}
-                Phase::Sse(_) => self.start_closing(now, id),
+                Phase::Sse(_) | Phase::Mcp(_) => self.start_closing(now, id),
                 Phase::Ws(_) => self.ws_close(now, id, 1001, "server shutting down"),
                 _ if !conn.out.is_empty() => self.start_closing(now, id),
                 _ => self.close(id),
@@ -516,7 +586,11 @@ impl Engine {
                 }
             }
         }
-        for id in std::mem::take(&mut delivery.overflowed) {
+        let overflowed = std::mem::take(&mut delivery.overflowed);
+        if topic_index.is_some() {
+            self.mcp_topic_updated(&event.topic);
+        }
+        for id in overflowed {
             self.counters.slow_consumers_disconnected += 1;
             log::debug!("connection {id}: slow consumer disconnected");
             if matches!(self.conn(id).map(|c| &c.phase), Some(Phase::Ws(_))) {
@@ -582,12 +656,12 @@ impl Engine {
         if conn.counted {
             self.counted_connections -= 1;
         }
-        self.release(conn.phase);
+        self.release(id, conn.phase);
         true
     }
 
-    /// Gives back what a stream held in the hub when it ends.
-    fn release(&mut self, phase: Phase) {
+    /// Gives back what a stream held in the hub (or its MCP session) when it ends.
+    fn release(&mut self, id: ConnId, phase: Phase) {
         match phase {
             Phase::Sse(stream) => {
                 self.counters.sse_streams -= 1;
@@ -602,6 +676,7 @@ impl Engine {
                     self.hub.unsubscribe(sub);
                 }
             }
+            Phase::Mcp(stream) => self.mcp_release(id, *stream),
             _ => {}
         }
     }
@@ -615,7 +690,7 @@ impl Engine {
         let conn = &mut self.conns[index];
         let previous = std::mem::replace(&mut conn.phase, Phase::Closing);
         conn.inbuf = Vec::new();
-        self.release(previous);
+        self.release(id, previous);
         // While draining for shutdown the drain deadline bounds the flush; otherwise a client
         // that does not take its last bytes gets the linger time.
         let deadline = if self.is_shutting_down() {
@@ -714,6 +789,7 @@ impl Engine {
                 self.set_deadline(id, next);
             }
             Phase::Ws(_) => self.ws_keepalive(now, id),
+            Phase::Mcp(_) => self.mcp_deadline(now, id),
         }
     }
 
@@ -813,7 +889,7 @@ impl Engine {
                     return;
                 }
                 // The buffer went with the phase change.
-                Phase::Sse(_) | Phase::Closing => return,
+                Phase::Sse(_) | Phase::Mcp(_) | Phase::Closing => return,
             }
         }
         if let Some(conn) = self.conn_mut(id) {
@@ -865,6 +941,9 @@ impl Engine {
     fn dispatch(&mut self, now: Instant, id: ConnId, request: Request, body: Vec<u8>) {
         let keep_alive = request.keep_alive();
         let method = request.method.as_str();
+        if request.path == self.config.mcp.path {
+            return self.mcp_request(now, id, &request, &body);
+        }
         let response = match request.path.as_str() {
             "/health" => match method {
                 "GET" | "HEAD" => http::json_response(200, r#"{"status":"ok"}"#, "", keep_alive),

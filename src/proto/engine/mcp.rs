@@ -1,0 +1,821 @@
+//! MCP over Streamable HTTP at the MCP endpoint (`mcp.path`, `/mcp`): sessions, the lifecycle,
+//! the built-in tools and the topic resources.
+//!
+//! A `POST` carries one JSON-RPC message. `initialize` opens a session (`Mcp-Session-Id`, 128
+//! random bits from the driver's source); a notification or response gets `202`; a request is
+//! answered as JSON, or as an SSE stream when it carries a progress token or the tool streams
+//! (`countdown`, whose progress ticks are deadlines of the connection). A `GET` opens the
+//! session's one server-to-client stream, which carries `notifications/resources/updated` for
+//! the topics the session subscribed to; `DELETE` ends the session. Sessions idle past
+//! `session_idle_secs` with no stream open are reaped.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use super::{ConnId, Engine, Phase};
+use crate::features::Feature;
+use crate::proto::http::{self, Request};
+use crate::proto::hub::{self, EventId};
+use crate::proto::jsonrpc::{self, Message};
+use crate::proto::sse;
+
+/// Protocol revisions served, newest first.
+pub const PROTOCOL_VERSIONS: [&str; 4] = ["2025-11-25", "2025-06-18", "2025-03-26", "2024-11-05"];
+/// The prefix of topic resources.
+const RESOURCE_PREFIX: &str = "stream://topics/";
+/// The most progress steps a `countdown` may ask for.
+const MAX_COUNTDOWN: u64 = 10_000;
+/// The most topics one session may watch.
+const MAX_WATCHED: usize = 256;
+
+/// Every MCP session.
+#[derive(Debug, Default)]
+pub(super) struct Mcp {
+    sessions: HashMap<Box<str>, Session>,
+    /// Topics subscribed to as resources, with the sessions that did.
+    watchers: HashMap<Box<str>, Vec<Box<str>>>,
+    /// Sessions by last use, oldest first: the reaping order.
+    idle: BTreeMap<(Instant, u64), Box<str>>,
+    uses: u64,
+}
+
+#[derive(Debug)]
+struct Session {
+    /// Its server-to-client stream (`GET`), if open.
+    listener: Option<ConnId>,
+    /// Streamed answers (`POST` answered with SSE) still open.
+    streams_open: usize,
+    /// SSE streams opened so far, to number their event ids.
+    streams_made: u64,
+    watching: Vec<Box<str>>,
+    idle_key: (Instant, u64),
+}
+
+/// An MCP SSE stream on a connection: a streamed answer to one request, or the session's
+/// server-to-client stream.
+#[derive(Debug)]
+pub(super) struct McpStream {
+    pub(super) session: Box<str>,
+    /// Its number in the session; event ids are `<number>-<n>`.
+    number: u64,
+    sent: u64,
+    /// The call it answers; `None` for the `GET` stream.
+    pub(super) call: Option<Countdown>,
+}
+
+/// A `countdown` in progress.
+#[derive(Debug)]
+pub(super) struct Countdown {
+    request: Value,
+    token: Option<Value>,
+    done: u64,
+    total: u64,
+    every: Duration,
+}
+
+/// What a request is answered with.
+enum Answer {
+    /// The response, at once.
+    Now(Value),
+    /// A countdown, streamed.
+    Countdown(Countdown),
+}
+
+impl Engine {
+    /// A request to the MCP endpoint.
+    pub(super) fn mcp_request(&mut self, now: Instant, id: ConnId, request: &Request, body: &[u8]) {
+        let keep_alive = request.keep_alive();
+        let refuse =
+            |status: u16, reason: &str| http::error_response(status, reason, "", keep_alive);
+        let response = if !self.features.is_enabled(Feature::McpTransport) {
+            refuse(501, "MCP transport not enabled")
+        } else if !self.origin_allowed(request) {
+            refuse(403, "origin not allowed")
+        } else {
+            match request.method.as_str() {
+                "POST" => match self.mcp_post(now, id, request, body) {
+                    Some(response) => response,
+                    None => return,
+                },
+                "GET" => match self.mcp_get(now, id, request) {
+                    Some(response) => response,
+                    None => return,
+                },
+                "DELETE" => self.mcp_delete(now, request, keep_alive),
+                _ => http::error_response(
+                    405,
+                    "method not allowed",
+                    "Allow: GET, POST, DELETE\r\n",
+                    keep_alive,
+                ),
+            }
+        };
+        self.respond(now, id, response, keep_alive);
+    }
+
+    /// Whether the request's `Origin` (if any) may use the endpoint: one of `allowed_origins`
+    /// when that list is set; otherwise, for a loopback listener, a loopback origin.
+    fn origin_allowed(&self, request: &Request) -> bool {
+        let Some(origin) = request.header("origin") else {
+            return true;
+        };
+        let allowed = &self.config.security.allowed_origins;
+        if !allowed.is_empty() {
+            return allowed.iter().any(|a| a == origin || a == "*");
+        }
+        if !self.config.listen.ip().is_loopback() {
+            return true;
+        }
+        let host = origin
+            .split_once("://")
+            .map_or(origin, |(_, rest)| rest)
+            .split('/')
+            .next()
+            .unwrap_or("");
+        let host = match host.strip_prefix('[') {
+            Some(v6) => v6.split(']').next().unwrap_or(""),
+            None => host.rsplit_once(':').map_or(host, |(h, _)| h),
+        };
+        matches!(host, "localhost" | "127.0.0.1" | "::1")
+    }
+
+    /// `POST`: one JSON-RPC message. `None` when the connection became a stream.
+    fn mcp_post(
+        &mut self,
+        now: Instant,
+        id: ConnId,
+        request: &Request,
+        body: &[u8],
+    ) -> Option<Vec<u8>> {
+        let keep_alive = request.keep_alive();
+        let refuse =
+            |status: u16, reason: &str| Some(http::error_response(status, reason, "", keep_alive));
+        if !accepts(request, "application/json") || !accepts(request, "text/event-stream") {
+            return refuse(
+                406,
+                "Accept must list application/json and text/event-stream",
+            );
+        }
+        let value: Value = match serde_json::from_slice(body) {
+            Ok(v) => v,
+            Err(e) => return refuse(400, &format!("invalid JSON: {e}")),
+        };
+        if value.is_array() {
+            return refuse(
+                400,
+                "batches are not supported: send one message per request",
+            );
+        }
+        let message = match jsonrpc::parse(&value) {
+            Ok(m) => m,
+            Err(invalid) => return refuse(400, invalid.message),
+        };
+        if let Message::Request {
+            id: rpc_id,
+            method,
+            params,
+        } = &message
+        {
+            if method == "initialize" {
+                return Some(self.mcp_initialize(now, rpc_id, params, keep_alive));
+            }
+        }
+        let Some(session) = request.header("mcp-session-id").map(str::to_owned) else {
+            if let Message::Request {
+                id: rpc_id, method, ..
+            } = &message
+            {
+                if method == "server/discover" {
+                    let error =
+                        jsonrpc::error(Some(rpc_id), jsonrpc::METHOD_NOT_FOUND, "Method not found");
+                    return Some(http::json_response(200, &error.to_string(), "", keep_alive));
+                }
+            }
+            return refuse(400, "missing Mcp-Session-Id");
+        };
+        if let Err(response) = self.mcp_session_check(now, request, &session) {
+            return Some(response);
+        }
+        match message {
+            Message::Notification { method, params } => {
+                self.mcp_notification(&session, &method, &params);
+                Some(http::response(202, "application/json", b"", "", keep_alive))
+            }
+            Message::Response { .. } => {
+                Some(http::response(202, "application/json", b"", "", keep_alive))
+            }
+            Message::Request {
+                id: rpc_id,
+                method,
+                params,
+            } => {
+                let token = params
+                    .get("_meta")
+                    .and_then(|m| m.get("progressToken"))
+                    .filter(|t| t.is_string() || t.is_number())
+                    .cloned();
+                match self.mcp_answer(now, &session, &rpc_id, &method, &params, token) {
+                    Answer::Now(response) => {
+                        let progress = params.get("_meta").and_then(|m| m.get("progressToken"));
+                        if progress.is_none() {
+                            let extra = format!("Mcp-Session-Id: {session}\r\n");
+                            return Some(http::json_response(
+                                200,
+                                &response.to_string(),
+                                &extra,
+                                keep_alive,
+                            ));
+                        }
+                        // A request with a progress token is answered as SSE.
+                        self.mcp_open_stream(id, &session, None);
+                        self.mcp_send(id, &response);
+                        self.start_closing(now, id);
+                        None
+                    }
+                    Answer::Countdown(countdown) => {
+                        let every = countdown.every;
+                        self.mcp_open_stream(id, &session, Some(countdown));
+                        self.set_deadline(id, now.checked_add(every));
+                        None
+                    }
+                }
+            }
+        }
+    }
+
+    /// The session named by a request is known, and the request's protocol version is served.
+    fn mcp_session_check(
+        &mut self,
+        now: Instant,
+        request: &Request,
+        session: &str,
+    ) -> Result<(), Vec<u8>> {
+        let keep_alive = request.keep_alive();
+        if !self.mcp.sessions.contains_key(session) {
+            return Err(http::error_response(404, "unknown session", "", keep_alive));
+        }
+        if let Some(version) = request.header("mcp-protocol-version") {
+            if !PROTOCOL_VERSIONS.contains(&version.trim()) {
+                return Err(http::error_response(
+                    400,
+                    "unsupported MCP-Protocol-Version",
+                    "",
+                    keep_alive,
+                ));
+            }
+        }
+        self.mcp_touch(now, session);
+        Ok(())
+    }
+
+    fn mcp_initialize(
+        &mut self,
+        now: Instant,
+        rpc_id: &Value,
+        params: &Value,
+        keep_alive: bool,
+    ) -> Vec<u8> {
+        if self.mcp.sessions.len() >= self.config.max_connections {
+            return http::error_response(
+                503,
+                "too many MCP sessions",
+                "Retry-After: 1\r\n",
+                keep_alive,
+            );
+        }
+        let asked = params
+            .get("protocolVersion")
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        let version = PROTOCOL_VERSIONS
+            .iter()
+            .find(|v| **v == asked)
+            .copied()
+            .unwrap_or(PROTOCOL_VERSIONS[0]);
+        let mut bytes = [0u8; 16];
+        if !(self.random.0)(&mut bytes) {
+            return http::error_response(
+                503,
+                "no random source for a session id",
+                "Retry-After: 1\r\n",
+                keep_alive,
+            );
+        }
+        let session: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        self.mcp.uses += 1;
+        let idle_key = (now, self.mcp.uses);
+        self.mcp.idle.insert(idle_key, session.clone().into());
+        self.mcp.sessions.insert(
+            session.clone().into(),
+            Session {
+                listener: None,
+                streams_open: 0,
+                streams_made: 0,
+                watching: Vec::new(),
+                idle_key,
+            },
+        );
+        let result = json!({
+            "protocolVersion": version,
+            "capabilities": {
+                "tools": {"listChanged": false},
+                "resources": {"subscribe": true, "listChanged": false},
+                "logging": {},
+            },
+            "serverInfo": {"name": "mcp-stream", "version": env!("CARGO_PKG_VERSION")},
+            "instructions": "Topics of the mcp-stream hub are resources stream://topics/{topic}; \
+                             the tools publish, history and topics work on them.",
+        });
+        let response = jsonrpc::result(rpc_id, result).to_string();
+        let extra = format!("Mcp-Session-Id: {session}\r\n");
+        http::json_response(200, &response, &extra, keep_alive)
+    }
+
+    fn mcp_notification(&mut self, _session: &str, method: &str, _params: &Value) {
+        // notifications/initialized, notifications/cancelled and the like need no answer; a
+        // cancelled countdown simply finishes (the client ignores its answer).
+        log::trace!("MCP notification {method}");
+    }
+
+    /// Answers one request of `session`.
+    fn mcp_answer(
+        &mut self,
+        now: Instant,
+        session: &str,
+        rpc_id: &Value,
+        method: &str,
+        params: &Value,
+        token: Option<Value>,
+    ) -> Answer {
+        let ok = |result: Value| Answer::Now(jsonrpc::result(rpc_id, result));
+        let fail =
+            |code: i64, message: &str| Answer::Now(jsonrpc::error(Some(rpc_id), code, message));
+        match method {
+            "ping" | "logging/setLevel" => ok(json!({})),
+            "tools/list" => ok(json!({ "tools": tool_list() })),
+            "tools/call" => {
+                let name = params.get("name").and_then(Value::as_str).unwrap_or("");
+                let arguments = params.get("arguments").cloned().unwrap_or(json!({}));
+                if name == "countdown" {
+                    let n = arguments.get("n").and_then(Value::as_u64);
+                    let every = arguments
+                        .get("interval_ms")
+                        .and_then(Value::as_u64)
+                        .unwrap_or(100);
+                    return match n {
+                        Some(n) if n <= MAX_COUNTDOWN => Answer::Countdown(Countdown {
+                            request: rpc_id.clone(),
+                            token,
+                            done: 0,
+                            total: n,
+                            every: Duration::from_millis(every.clamp(1, 60_000)),
+                        }),
+                        _ => fail(
+                            jsonrpc::INVALID_PARAMS,
+                            "countdown needs n, a whole number up to 10000",
+                        ),
+                    };
+                }
+                match self.call_tool(now, name, &arguments) {
+                    Ok(text) => {
+                        ok(json!({"content": [{"type": "text", "text": text}], "isError": false}))
+                    }
+                    Err(ToolError::Unknown) => {
+                        fail(jsonrpc::INVALID_PARAMS, &format!("unknown tool {name:?}"))
+                    }
+                    Err(ToolError::Failed(reason)) => {
+                        ok(json!({"content": [{"type": "text", "text": reason}], "isError": true}))
+                    }
+                }
+            }
+            "resources/list" => {
+                let resources: Vec<Value> = self
+                    .hub
+                    .topic_names()
+                    .map(|t| json!({"uri": format!("{RESOURCE_PREFIX}{t}"), "name": t, "mimeType": "application/json"}))
+                    .collect();
+                ok(json!({ "resources": resources }))
+            }
+            "resources/templates/list" => ok(json!({"resourceTemplates": [{
+                "uriTemplate": format!("{RESOURCE_PREFIX}{{topic}}"),
+                "name": "topic",
+                "description": "The retained events of a topic, oldest first",
+                "mimeType": "application/json",
+            }]})),
+            "resources/read" => match topic_of(params) {
+                Some(topic) => {
+                    let events: Vec<Value> = self
+                        .hub
+                        .history(topic, None, usize::MAX)
+                        .iter()
+                        .filter_map(|e| serde_json::from_str(&e.envelope()).ok())
+                        .collect();
+                    ok(json!({"contents": [{
+                        "uri": format!("{RESOURCE_PREFIX}{topic}"),
+                        "mimeType": "application/json",
+                        "text": Value::Array(events).to_string(),
+                    }]}))
+                }
+                None => fail(
+                    jsonrpc::INVALID_PARAMS,
+                    "unknown resource: expected stream://topics/{topic}",
+                ),
+            },
+            "resources/subscribe" => match topic_of(params) {
+                Some(topic) => match self.mcp_watch(session, topic) {
+                    Ok(()) => ok(json!({})),
+                    Err(reason) => fail(jsonrpc::INVALID_PARAMS, reason),
+                },
+                None => fail(
+                    jsonrpc::INVALID_PARAMS,
+                    "unknown resource: expected stream://topics/{topic}",
+                ),
+            },
+            "resources/unsubscribe" => {
+                if let Some(topic) = topic_of(params) {
+                    self.mcp_unwatch(session, topic);
+                }
+                ok(json!({}))
+            }
+            _ => fail(jsonrpc::METHOD_NOT_FOUND, "Method not found"),
+        }
+    }
+
+    /// The built-in tools that answer at once.
+    fn call_tool(
+        &mut self,
+        now: Instant,
+        name: &str,
+        arguments: &Value,
+    ) -> Result<String, ToolError> {
+        match name {
+            "echo" => match arguments.get("text").and_then(Value::as_str) {
+                Some(text) => Ok(text.to_owned()),
+                None => Err(ToolError::Failed("echo needs text, a string".into())),
+            },
+            "publish" => {
+                let topic = arguments.get("topic").and_then(Value::as_str).unwrap_or("");
+                let event = arguments.get("event").and_then(Value::as_str);
+                let data = arguments.get("data").unwrap_or(&Value::Null);
+                match self.publish(now, topic, event, data) {
+                    Ok(id) => Ok(json!({"id": id.to_string()}).to_string()),
+                    Err(e) => Err(ToolError::Failed(e.reason().into())),
+                }
+            }
+            "history" => {
+                let topic = arguments.get("topic").and_then(Value::as_str).unwrap_or("");
+                if !hub::valid_topic(topic) {
+                    return Err(ToolError::Failed(
+                        hub::HubError::InvalidTopic.reason().into(),
+                    ));
+                }
+                let since = arguments
+                    .get("since")
+                    .and_then(Value::as_str)
+                    .and_then(EventId::parse);
+                let limit = arguments
+                    .get("limit")
+                    .and_then(Value::as_u64)
+                    .map_or(usize::MAX, |l| l as usize);
+                let events: Vec<Value> = self
+                    .hub
+                    .history(topic, since, limit)
+                    .iter()
+                    .filter_map(|e| serde_json::from_str(&e.envelope()).ok())
+                    .collect();
+                Ok(Value::Array(events).to_string())
+            }
+            "topics" => {
+                let mut names: Vec<&str> = self.hub.topic_names().collect();
+                names.sort_unstable();
+                Ok(json!(names).to_string())
+            }
+            _ => Err(ToolError::Unknown),
+        }
+    }
+
+    /// `GET`: the session's server-to-client stream. `None` when the connection became it.
+    fn mcp_get(&mut self, now: Instant, id: ConnId, request: &Request) -> Option<Vec<u8>> {
+        let keep_alive = request.keep_alive();
+        let refuse =
+            |status: u16, reason: &str| Some(http::error_response(status, reason, "", keep_alive));
+        if !accepts(request, "text/event-stream") {
+            return refuse(406, "Accept must list text/event-stream");
+        }
+        let Some(session) = request.header("mcp-session-id").map(str::to_owned) else {
+            return refuse(400, "missing Mcp-Session-Id");
+        };
+        if let Err(response) = self.mcp_session_check(now, request, &session) {
+            return Some(response);
+        }
+        if request.header("last-event-id").is_some() {
+            // Streams are not kept for replay (yet): say so rather than pretend.
+            return refuse(404, "unknown Last-Event-ID: this stream cannot be resumed");
+        }
+        if self
+            .mcp
+            .sessions
+            .get(session.as_str())
+            .is_some_and(|s| s.listener.is_some())
+        {
+            return refuse(409, "this session already has a GET stream");
+        }
+        self.mcp_open_stream(id, &session, None);
+        if let Some(s) = self.mcp.sessions.get_mut(session.as_str()) {
+            s.listener = Some(id);
+        }
+        let heartbeat = self.config.sse.heartbeat();
+        self.set_deadline(id, now.checked_add(heartbeat));
+        None
+    }
+
+    /// `DELETE`: ends the session.
+    fn mcp_delete(&mut self, now: Instant, request: &Request, keep_alive: bool) -> Vec<u8> {
+        let Some(session) = request.header("mcp-session-id").map(str::to_owned) else {
+            return http::error_response(400, "missing Mcp-Session-Id", "", keep_alive);
+        };
+        if let Err(response) = self.mcp_session_check(now, request, &session) {
+            return response;
+        }
+        self.mcp_end(now, &session);
+        http::json_response(200, "{}", "", keep_alive)
+    }
+
+    /// Ends a session: its streams close, its subscriptions go.
+    fn mcp_end(&mut self, now: Instant, session: &str) {
+        let Some(s) = self.mcp.sessions.remove(session) else {
+            return;
+        };
+        self.mcp.idle.remove(&s.idle_key);
+        for topic in &s.watching {
+            self.unwatch_topic(session, topic);
+        }
+        if let Some(listener) = s.listener {
+            self.start_closing(now, listener);
+        }
+    }
+
+    /// Turns `id` into an MCP SSE stream of `session`.
+    fn mcp_open_stream(&mut self, id: ConnId, session: &str, call: Option<Countdown>) {
+        let Some(s) = self.mcp.sessions.get_mut(session) else {
+            return;
+        };
+        s.streams_made += 1;
+        if call.is_some() {
+            s.streams_open += 1;
+        }
+        let number = s.streams_made;
+        let retry = self.config.sse.retry_ms;
+        let Some(conn) = self.conn_mut(id) else {
+            return;
+        };
+        conn.inbuf = Vec::new();
+        let head = sse::stream_head(&format!("Mcp-Session-Id: {session}\r\n"));
+        conn.out.push_owned(head);
+        conn.out
+            .push_owned(format!("retry: {retry}\n\n").into_bytes());
+        conn.phase = Phase::Mcp(Box::new(McpStream {
+            session: session.into(),
+            number,
+            sent: 0,
+            call,
+        }));
+        self.counters.mcp_streams += 1;
+        self.want_write(id);
+    }
+
+    /// Sends one JSON-RPC message on the MCP stream `id`.
+    fn mcp_send(&mut self, id: ConnId, message: &Value) {
+        let limit = self.config.backpressure.max_queue_bytes;
+        let Some(conn) = self.conn_mut(id) else {
+            return;
+        };
+        let Phase::Mcp(stream) = &mut conn.phase else {
+            return;
+        };
+        stream.sent += 1;
+        let event_id = format!("{}-{}", stream.number, stream.sent);
+        let block = sse::event_block(&event_id, "message", &message.to_string());
+        conn.out.push_owned(block);
+        if conn.out.len() > limit {
+            self.counters.slow_consumers_disconnected += 1;
+            return self.close(id);
+        }
+        self.want_write(id);
+    }
+
+    /// The deadline of an MCP stream: the next countdown step, or a heartbeat.
+    pub(super) fn mcp_deadline(&mut self, now: Instant, id: ConnId) {
+        let Some(conn) = self.conn_mut(id) else {
+            return;
+        };
+        let Phase::Mcp(stream) = &mut conn.phase else {
+            return;
+        };
+        let Some(call) = &mut stream.call else {
+            if conn.out.is_empty() {
+                conn.out.push_static(sse::HEARTBEAT);
+                self.want_write(id);
+            }
+            let heartbeat = self.config.sse.heartbeat();
+            return self.set_deadline(id, now.checked_add(heartbeat));
+        };
+        call.done += 1;
+        let (done, total, every) = (call.done, call.total, call.every);
+        let message = if done <= total {
+            call.token.as_ref().map(|token| {
+                jsonrpc::notification(
+                    "notifications/progress",
+                    json!({"progressToken": token, "progress": done, "total": total}),
+                )
+            })
+        } else {
+            Some(jsonrpc::result(
+                &call.request,
+                json!({"content": [{"type": "text", "text": "done"}], "isError": false}),
+            ))
+        };
+        if let Some(message) = message {
+            self.mcp_send(id, &message);
+        }
+        if done > total {
+            self.start_closing(now, id);
+        } else {
+            // The answer comes one interval after the last progress step, never in the same
+            // write (PITFALLS: one SDK drops a progress notification read with the answer).
+            self.set_deadline(id, now.checked_add(every));
+        }
+    }
+
+    /// An MCP stream ended: the session forgets it.
+    pub(super) fn mcp_release(&mut self, id: ConnId, stream: McpStream) {
+        self.counters.mcp_streams -= 1;
+        if let Some(s) = self.mcp.sessions.get_mut(&stream.session) {
+            if stream.call.is_some() {
+                s.streams_open = s.streams_open.saturating_sub(1);
+            }
+            if s.listener == Some(id) {
+                s.listener = None;
+            }
+        }
+    }
+
+    /// Tells the sessions watching `topic` that it changed.
+    pub(super) fn mcp_topic_updated(&mut self, topic: &str) {
+        let Some(sessions) = self.mcp.watchers.get(topic) else {
+            return;
+        };
+        let listeners: Vec<ConnId> = sessions
+            .iter()
+            .filter_map(|s| self.mcp.sessions.get(s).and_then(|s| s.listener))
+            .collect();
+        let message = jsonrpc::notification(
+            "notifications/resources/updated",
+            json!({"uri": format!("{RESOURCE_PREFIX}{topic}")}),
+        );
+        for listener in listeners {
+            self.mcp_send(listener, &message);
+        }
+    }
+
+    fn mcp_watch(&mut self, session: &str, topic: &str) -> Result<(), &'static str> {
+        let Some(s) = self.mcp.sessions.get_mut(session) else {
+            return Err("unknown session");
+        };
+        if s.watching.iter().any(|t| **t == *topic) {
+            return Ok(());
+        }
+        if s.watching.len() >= MAX_WATCHED {
+            return Err("too many resource subscriptions: at most 256 per session");
+        }
+        s.watching.push(topic.into());
+        self.mcp
+            .watchers
+            .entry(topic.into())
+            .or_default()
+            .push(session.into());
+        Ok(())
+    }
+
+    fn mcp_unwatch(&mut self, session: &str, topic: &str) {
+        if let Some(s) = self.mcp.sessions.get_mut(session) {
+            s.watching.retain(|t| **t != *topic);
+        }
+        self.unwatch_topic(session, topic);
+    }
+
+    fn unwatch_topic(&mut self, session: &str, topic: &str) {
+        if let Some(sessions) = self.mcp.watchers.get_mut(topic) {
+            sessions.retain(|s| **s != *session);
+            if sessions.is_empty() {
+                self.mcp.watchers.remove(topic);
+            }
+        }
+    }
+
+    /// Marks `session` as used now.
+    fn mcp_touch(&mut self, now: Instant, session: &str) {
+        let Some(s) = self.mcp.sessions.get_mut(session) else {
+            return;
+        };
+        self.mcp.idle.remove(&s.idle_key);
+        self.mcp.uses += 1;
+        s.idle_key = (now, self.mcp.uses);
+        self.mcp.idle.insert(s.idle_key, session.into());
+    }
+
+    /// When the next session may be reaped.
+    pub(super) fn mcp_next_reap(&self) -> Option<Instant> {
+        let (&(last, _), _) = self.mcp.idle.first_key_value()?;
+        last.checked_add(self.config.mcp.session_idle())
+    }
+
+    /// Ends the sessions idle past `session_idle_secs`; one with a stream open is kept.
+    pub(super) fn mcp_reap(&mut self, now: Instant) {
+        let idle = self.config.mcp.session_idle();
+        while let Some((&(last, _), session)) = self.mcp.idle.first_key_value() {
+            if last.checked_add(idle).is_none_or(|due| due > now) {
+                return;
+            }
+            let session = session.clone();
+            let busy = self
+                .mcp
+                .sessions
+                .get(&session)
+                .is_some_and(|s| s.listener.is_some() || s.streams_open > 0);
+            if busy {
+                self.mcp_touch(now, &session);
+            } else {
+                log::debug!("MCP session {session} reaped after {idle:?} idle");
+                self.mcp_end(now, &session);
+            }
+        }
+    }
+}
+
+enum ToolError {
+    Unknown,
+    Failed(String),
+}
+
+/// Whether `Accept` lists `kind` (or a wildcard that covers it).
+fn accepts(request: &Request, kind: &str) -> bool {
+    let Some(accept) = request.header("accept") else {
+        return false;
+    };
+    let major = kind.split('/').next().unwrap_or("");
+    accept.split(',').any(|item| {
+        let media = item.split(';').next().unwrap_or("").trim();
+        media.eq_ignore_ascii_case(kind) || media == "*/*" || media == format!("{major}/*")
+    })
+}
+
+/// The topic of a `stream://topics/{topic}` resource in `params.uri`.
+fn topic_of(params: &Value) -> Option<&str> {
+    params
+        .get("uri")
+        .and_then(Value::as_str)
+        .and_then(|uri| uri.strip_prefix(RESOURCE_PREFIX))
+        .filter(|t| hub::valid_topic(t))
+}
+
+/// The built-in tools, as `tools/list` gives them.
+fn tool_list() -> Value {
+    json!([
+        {
+            "name": "echo",
+            "description": "Returns the text it is given",
+            "inputSchema": {"type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"]},
+        },
+        {
+            "name": "countdown",
+            "description": "Sends n progress notifications, interval_ms apart, then returns done",
+            "inputSchema": {"type": "object", "properties": {
+                "n": {"type": "integer", "minimum": 0, "maximum": MAX_COUNTDOWN},
+                "interval_ms": {"type": "integer", "minimum": 1, "default": 100},
+            }, "required": ["n"]},
+        },
+        {
+            "name": "publish",
+            "description": "Publishes an event on a topic of the hub; returns its id",
+            "inputSchema": {"type": "object", "properties": {
+                "topic": {"type": "string"}, "event": {"type": "string"}, "data": {},
+            }, "required": ["topic"]},
+        },
+        {
+            "name": "history",
+            "description": "The retained events of a topic, oldest first",
+            "inputSchema": {"type": "object", "properties": {
+                "topic": {"type": "string"}, "since": {"type": "string"},
+                "limit": {"type": "integer", "minimum": 0},
+            }, "required": ["topic"]},
+        },
+        {
+            "name": "topics",
+            "description": "The names of the hub's topics",
+            "inputSchema": {"type": "object", "properties": {}},
+        },
+    ])
+}
