@@ -28,15 +28,23 @@ impl TimerSlot {
     }
 }
 
-/// Deadlines of every connection, earliest first.
-#[derive(Debug, Default)]
-pub struct Timers {
-    heap: BinaryHeap<Reverse<(Instant, ConnId)>>,
+/// Deadlines of every connection (or of anything else keyed like one: `K`), earliest first.
+#[derive(Debug)]
+pub struct Timers<K = ConnId> {
+    heap: BinaryHeap<Reverse<(Instant, K)>>,
 }
 
-impl Timers {
+impl<K: Ord> Default for Timers<K> {
+    fn default() -> Self {
+        Timers {
+            heap: BinaryHeap::new(),
+        }
+    }
+}
+
+impl<K: Ord + Copy> Timers<K> {
     /// Sets (or with `None` clears) the deadline of `conn`, whose slot is `slot`.
-    pub fn set(&mut self, slot: &mut TimerSlot, conn: ConnId, at: Option<Instant>) {
+    pub fn set(&mut self, slot: &mut TimerSlot, conn: K, at: Option<Instant>) {
         slot.deadline = at;
         if let Some(at) = at {
             if slot.queued.is_none_or(|q| at < q) {
@@ -53,7 +61,7 @@ impl Timers {
 
     /// Takes the earliest entry if it is due at `now`. Pass it, with the connection's slot if it
     /// is still open, to [`Timers::fire`].
-    pub fn pop_due(&mut self, now: Instant) -> Option<(Instant, ConnId)> {
+    pub fn pop_due(&mut self, now: Instant) -> Option<(Instant, K)> {
         match self.heap.peek() {
             Some(Reverse((at, _))) if *at <= now => self.heap.pop().map(|Reverse(e)| e),
             _ => None,
@@ -63,7 +71,7 @@ impl Timers {
     /// Whether the entry `at` taken by [`Timers::pop_due`] fires for the connection `conn`
     /// whose slot is `slot`: it is the entry standing for the slot, and the deadline has passed.
     /// A fired deadline is cleared; one that moved later is queued again.
-    pub fn fire(&mut self, slot: &mut TimerSlot, conn: ConnId, at: Instant, now: Instant) -> bool {
+    pub fn fire(&mut self, slot: &mut TimerSlot, conn: K, at: Instant, now: Instant) -> bool {
         if slot.queued != Some(at) {
             return false;
         }

@@ -8,11 +8,17 @@
 //! session's one server-to-client stream, which carries `notifications/resources/updated` for
 //! the topics the session subscribed to; `DELETE` ends the session. Sessions idle past
 //! `session_idle_secs` with no stream open are reaped.
+//!
+//! The legacy HTTP+SSE transport (2024-11-05) shares the sessions: `GET /sse` opens a stream
+//! whose first event, `endpoint`, names `/messages?sessionId=…`; what is posted there gets `202`
+//! and its answers go out on that stream. Streamed tools run as calls with their own deadlines,
+//! so one stream can carry many at once.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
+use slab::Slab;
 
 use super::{ConnId, Engine, Phase};
 use crate::features::Feature;
@@ -20,6 +26,7 @@ use crate::proto::http::{self, Request};
 use crate::proto::hub::{self, EventId};
 use crate::proto::jsonrpc::{self, Message};
 use crate::proto::sse;
+use crate::proto::timers::{TimerSlot, Timers};
 
 /// Protocol revisions served, newest first.
 pub const PROTOCOL_VERSIONS: [&str; 4] = ["2025-11-25", "2025-06-18", "2025-03-26", "2024-11-05"];
@@ -39,30 +46,64 @@ pub(super) struct Mcp {
     /// Sessions by last use, oldest first: the reaping order.
     idle: BTreeMap<(Instant, u64), Box<str>>,
     uses: u64,
+    /// Streamed tool calls in progress.
+    calls: Slab<Call>,
+    call_timers: Timers<CallId>,
+    call_generation: u32,
+}
+
+/// A call's handle: slot and generation, like a connection's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(super) struct CallId {
+    index: u32,
+    generation: u32,
+}
+
+/// A streamed tool call: a countdown sending its steps on a stream.
+#[derive(Debug)]
+struct Call {
+    generation: u32,
+    countdown: Countdown,
+    session: Box<str>,
+    stream: ConnId,
+    timer: TimerSlot,
 }
 
 #[derive(Debug)]
 struct Session {
-    /// Its server-to-client stream (`GET`), if open.
+    /// Its server-to-client stream (`GET`, or the legacy `GET /sse`), if open.
     listener: Option<ConnId>,
-    /// Streamed answers (`POST` answered with SSE) still open.
-    streams_open: usize,
+    /// Whether it lives on a legacy HTTP+SSE stream (and ends with it).
+    legacy: bool,
+    /// Streamed calls in progress.
+    calls_open: usize,
     /// SSE streams opened so far, to number their event ids.
     streams_made: u64,
     watching: Vec<Box<str>>,
     idle_key: (Instant, u64),
 }
 
-/// An MCP SSE stream on a connection: a streamed answer to one request, or the session's
-/// server-to-client stream.
+/// An MCP SSE stream on a connection.
 #[derive(Debug)]
 pub(super) struct McpStream {
-    pub(super) session: Box<str>,
+    session: Box<str>,
     /// Its number in the session; event ids are `<number>-<n>`.
     number: u64,
     sent: u64,
-    /// The call it answers; `None` for the `GET` stream.
-    pub(super) call: Option<Countdown>,
+    kind: StreamKind,
+    /// Calls whose messages it carries.
+    calls_open: usize,
+}
+
+/// What an MCP stream is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum StreamKind {
+    /// The answer to one `POST`: it ends with its call.
+    Answer,
+    /// The session's `GET` stream.
+    Listener,
+    /// A legacy HTTP+SSE stream: every answer of the session.
+    Legacy,
 }
 
 /// A `countdown` in progress.
@@ -211,11 +252,7 @@ impl Engine {
                 method,
                 params,
             } => {
-                let token = params
-                    .get("_meta")
-                    .and_then(|m| m.get("progressToken"))
-                    .filter(|t| t.is_string() || t.is_number())
-                    .cloned();
+                let token = progress_token(&params);
                 match self.mcp_answer(now, &session, &rpc_id, &method, &params, token) {
                     Answer::Now(response) => {
                         let progress = params.get("_meta").and_then(|m| m.get("progressToken"));
@@ -229,15 +266,14 @@ impl Engine {
                             ));
                         }
                         // A request with a progress token is answered as SSE.
-                        self.mcp_open_stream(id, &session, None);
+                        self.mcp_open_stream(now, id, &session, StreamKind::Answer);
                         self.mcp_send(id, &response);
                         self.start_closing(now, id);
                         None
                     }
                     Answer::Countdown(countdown) => {
-                        let every = countdown.every;
-                        self.mcp_open_stream(id, &session, Some(countdown));
-                        self.set_deadline(id, now.checked_add(every));
+                        self.mcp_open_stream(now, id, &session, StreamKind::Answer);
+                        self.mcp_start_call(now, &session, id, countdown);
                         None
                     }
                 }
@@ -294,14 +330,24 @@ impl Engine {
             .find(|v| **v == asked)
             .copied()
             .unwrap_or(PROTOCOL_VERSIONS[0]);
-        let mut bytes = [0u8; 16];
-        if !(self.random.0)(&mut bytes) {
+        let Some(session) = self.mcp_new_session(now, false) else {
             return http::error_response(
                 503,
                 "no random source for a session id",
                 "Retry-After: 1\r\n",
                 keep_alive,
             );
+        };
+        let response = jsonrpc::result(rpc_id, initialize_result(version)).to_string();
+        let extra = format!("Mcp-Session-Id: {session}\r\n");
+        http::json_response(200, &response, &extra, keep_alive)
+    }
+
+    /// A new session with a fresh id; `None` when no random bytes could be had.
+    fn mcp_new_session(&mut self, now: Instant, legacy: bool) -> Option<String> {
+        let mut bytes = [0u8; 16];
+        if !(self.random.0)(&mut bytes) {
+            return None;
         }
         let session: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
         self.mcp.uses += 1;
@@ -311,26 +357,155 @@ impl Engine {
             session.clone().into(),
             Session {
                 listener: None,
-                streams_open: 0,
+                legacy,
+                calls_open: 0,
                 streams_made: 0,
                 watching: Vec::new(),
                 idle_key,
             },
         );
-        let result = json!({
-            "protocolVersion": version,
-            "capabilities": {
-                "tools": {"listChanged": false},
-                "resources": {"subscribe": true, "listChanged": false},
-                "logging": {},
-            },
-            "serverInfo": {"name": "mcp-stream", "version": env!("CARGO_PKG_VERSION")},
-            "instructions": "Topics of the mcp-stream hub are resources stream://topics/{topic}; \
-                             the tools publish, history and topics work on them.",
-        });
-        let response = jsonrpc::result(rpc_id, result).to_string();
-        let extra = format!("Mcp-Session-Id: {session}\r\n");
-        http::json_response(200, &response, &extra, keep_alive)
+        Some(session)
+    }
+
+    /// `GET /sse` (legacy HTTP+SSE): a session living on this stream.
+    pub(super) fn mcp_legacy_open(&mut self, now: Instant, id: ConnId, request: &Request) {
+        let keep_alive = request.keep_alive();
+        let refuse =
+            |status: u16, reason: &str| http::error_response(status, reason, "", keep_alive);
+        let response = if !self.features.is_enabled(Feature::McpTransport) {
+            refuse(501, "MCP transport not enabled")
+        } else if !self.origin_allowed(request) {
+            refuse(403, "origin not allowed")
+        } else if request.method != "GET" {
+            http::error_response(405, "method not allowed", "Allow: GET\r\n", keep_alive)
+        } else if self.mcp.sessions.len() >= self.config.max_connections {
+            http::error_response(
+                503,
+                "too many MCP sessions",
+                "Retry-After: 1\r\n",
+                keep_alive,
+            )
+        } else {
+            match self.mcp_new_session(now, true) {
+                Some(session) => {
+                    self.mcp_open_stream(now, id, &session, StreamKind::Legacy);
+                    if let Some(s) = self.mcp.sessions.get_mut(session.as_str()) {
+                        s.listener = Some(id);
+                    }
+                    let endpoint =
+                        format!("event: endpoint\ndata: /messages?sessionId={session}\n\n");
+                    if let Some(conn) = self.conn_mut(id) {
+                        conn.out.push_owned(endpoint.into_bytes());
+                    }
+                    return;
+                }
+                None => refuse(503, "no random source for a session id"),
+            }
+        };
+        self.respond(now, id, response, keep_alive);
+    }
+
+    /// `POST /messages?sessionId=…` (legacy HTTP+SSE): `202`, the answer goes on the stream.
+    pub(super) fn mcp_legacy_post(
+        &mut self,
+        now: Instant,
+        id: ConnId,
+        request: &Request,
+        body: &[u8],
+    ) {
+        let keep_alive = request.keep_alive();
+        let refuse =
+            |status: u16, reason: &str| http::error_response(status, reason, "", keep_alive);
+        let session = http::query_pairs(&request.query)
+            .find(|(k, _)| k == "sessionId")
+            .map(|(_, v)| v);
+        let response = if !self.features.is_enabled(Feature::McpTransport) {
+            refuse(501, "MCP transport not enabled")
+        } else if !self.origin_allowed(request) {
+            refuse(403, "origin not allowed")
+        } else if request.method != "POST" {
+            http::error_response(405, "method not allowed", "Allow: POST\r\n", keep_alive)
+        } else {
+            match session {
+                None => refuse(400, "missing sessionId"),
+                Some(session) => {
+                    let stream = self
+                        .mcp
+                        .sessions
+                        .get(session.as_str())
+                        .filter(|s| s.legacy)
+                        .and_then(|s| s.listener);
+                    match stream {
+                        None => refuse(404, "unknown session"),
+                        Some(stream) => {
+                            self.mcp_legacy_message(now, &session, stream, body, keep_alive)
+                        }
+                    }
+                }
+            }
+        };
+        self.respond(now, id, response, keep_alive);
+    }
+
+    fn mcp_legacy_message(
+        &mut self,
+        now: Instant,
+        session: &str,
+        stream: ConnId,
+        body: &[u8],
+        keep_alive: bool,
+    ) -> Vec<u8> {
+        let value: Value = match serde_json::from_slice(body) {
+            Ok(v) => v,
+            Err(e) => {
+                return http::error_response(400, &format!("invalid JSON: {e}"), "", keep_alive)
+            }
+        };
+        let message = match jsonrpc::parse(&value) {
+            Ok(m) => m,
+            Err(invalid) => return http::error_response(400, invalid.message, "", keep_alive),
+        };
+        self.mcp_touch(now, session);
+        match message {
+            Message::Request {
+                id: rpc_id,
+                method,
+                params,
+            } => {
+                if method == "initialize" {
+                    let asked = params
+                        .get("protocolVersion")
+                        .and_then(Value::as_str)
+                        .unwrap_or("");
+                    let version = PROTOCOL_VERSIONS
+                        .iter()
+                        .find(|v| **v == asked)
+                        .copied()
+                        .unwrap_or("2024-11-05");
+                    let result = jsonrpc::result(&rpc_id, initialize_result(version));
+                    self.mcp_send(stream, &result);
+                } else {
+                    let token = progress_token(&params);
+                    match self.mcp_answer(now, session, &rpc_id, &method, &params, token) {
+                        Answer::Now(response) => self.mcp_send(stream, &response),
+                        Answer::Countdown(countdown) => {
+                            self.mcp_start_call(now, session, stream, countdown)
+                        }
+                    }
+                }
+            }
+            Message::Notification { method, params } => {
+                self.mcp_notification(session, &method, &params)
+            }
+            Message::Response { .. } => {}
+        }
+        http::response(
+            202,
+            "text/plain; charset=utf-8",
+            b"Accepted",
+            "",
+            keep_alive,
+        )
     }
 
     fn mcp_notification(&mut self, _session: &str, method: &str, _params: &Value) {
@@ -522,12 +697,10 @@ impl Engine {
         {
             return refuse(409, "this session already has a GET stream");
         }
-        self.mcp_open_stream(id, &session, None);
+        self.mcp_open_stream(now, id, &session, StreamKind::Listener);
         if let Some(s) = self.mcp.sessions.get_mut(session.as_str()) {
             s.listener = Some(id);
         }
-        let heartbeat = self.config.sse.heartbeat();
-        self.set_deadline(id, now.checked_add(heartbeat));
         None
     }
 
@@ -545,29 +718,30 @@ impl Engine {
 
     /// Ends a session: its streams close, its subscriptions go.
     fn mcp_end(&mut self, now: Instant, session: &str) {
-        let Some(s) = self.mcp.sessions.remove(session) else {
-            return;
-        };
-        self.mcp.idle.remove(&s.idle_key);
-        for topic in &s.watching {
-            self.unwatch_topic(session, topic);
-        }
-        if let Some(listener) = s.listener {
+        if let Some(listener) = self.mcp_forget_session(session) {
             self.start_closing(now, listener);
         }
     }
 
+    /// Removes a session and its subscriptions; returns its stream, if one is open.
+    fn mcp_forget_session(&mut self, session: &str) -> Option<ConnId> {
+        let s = self.mcp.sessions.remove(session)?;
+        self.mcp.idle.remove(&s.idle_key);
+        for topic in &s.watching {
+            self.unwatch_topic(session, topic);
+        }
+        s.listener
+    }
+
     /// Turns `id` into an MCP SSE stream of `session`.
-    fn mcp_open_stream(&mut self, id: ConnId, session: &str, call: Option<Countdown>) {
+    fn mcp_open_stream(&mut self, now: Instant, id: ConnId, session: &str, kind: StreamKind) {
         let Some(s) = self.mcp.sessions.get_mut(session) else {
             return;
         };
         s.streams_made += 1;
-        if call.is_some() {
-            s.streams_open += 1;
-        }
         let number = s.streams_made;
         let retry = self.config.sse.retry_ms;
+        let heartbeat = self.config.sse.heartbeat();
         let Some(conn) = self.conn_mut(id) else {
             return;
         };
@@ -580,10 +754,114 @@ impl Engine {
             session: session.into(),
             number,
             sent: 0,
-            call,
+            kind,
+            calls_open: 0,
         }));
         self.counters.mcp_streams += 1;
+        self.set_deadline(id, now.checked_add(heartbeat));
         self.want_write(id);
+    }
+
+    /// Starts a streamed call of `session` whose messages go on `stream`.
+    fn mcp_start_call(
+        &mut self,
+        now: Instant,
+        session: &str,
+        stream: ConnId,
+        countdown: Countdown,
+    ) {
+        let every = countdown.every;
+        self.mcp.call_generation = self.mcp.call_generation.wrapping_add(1);
+        let generation = self.mcp.call_generation;
+        let index = self.mcp.calls.insert(Call {
+            generation,
+            countdown,
+            session: session.into(),
+            stream,
+            timer: TimerSlot::default(),
+        });
+        let call = CallId {
+            index: index as u32,
+            generation,
+        };
+        let mcp = &mut self.mcp;
+        mcp.call_timers
+            .set(&mut mcp.calls[index].timer, call, now.checked_add(every));
+        if let Some(s) = mcp.sessions.get_mut(session) {
+            s.calls_open += 1;
+        }
+        if let Some(Phase::Mcp(s)) = self.conn_mut(stream).map(|c| &mut c.phase) {
+            s.calls_open += 1;
+        }
+    }
+
+    /// The next deadline of a streamed call.
+    pub(super) fn mcp_next_call(&self) -> Option<Instant> {
+        self.mcp.call_timers.next()
+    }
+
+    /// Takes the steps of every call due at `now`.
+    pub(super) fn mcp_calls_due(&mut self, now: Instant) {
+        while let Some((at, call)) = self.mcp.call_timers.pop_due(now) {
+            let mcp = &mut self.mcp;
+            let Some(c) = mcp
+                .calls
+                .get_mut(call.index as usize)
+                .filter(|c| c.generation == call.generation)
+            else {
+                continue;
+            };
+            if mcp.call_timers.fire(&mut c.timer, call, at, now) {
+                self.mcp_call_step(now, call);
+            }
+        }
+    }
+
+    /// One step of a countdown: a progress notification, or at the end the answer.
+    fn mcp_call_step(&mut self, now: Instant, call: CallId) {
+        let index = call.index as usize;
+        let c = &mut self.mcp.calls[index];
+        let stream = c.stream;
+        let countdown = &mut c.countdown;
+        countdown.done += 1;
+        let (done, total, every) = (countdown.done, countdown.total, countdown.every);
+        let message = if done <= total {
+            countdown.token.as_ref().map(|token| {
+                jsonrpc::notification(
+                    "notifications/progress",
+                    json!({"progressToken": token, "progress": done, "total": total}),
+                )
+            })
+        } else {
+            Some(jsonrpc::result(
+                &countdown.request,
+                json!({"content": [{"type": "text", "text": "done"}], "isError": false}),
+            ))
+        };
+        let stream_open = matches!(self.conn(stream).map(|c| &c.phase), Some(Phase::Mcp(_)));
+        if let (true, Some(message)) = (stream_open, message) {
+            self.mcp_send(stream, &message);
+        }
+        if done <= total && stream_open {
+            // The answer comes one interval after the last progress step, never in the same
+            // write (PITFALLS: one SDK drops a progress notification read with the answer).
+            let mcp = &mut self.mcp;
+            mcp.call_timers
+                .set(&mut mcp.calls[index].timer, call, now.checked_add(every));
+            return;
+        }
+        // Finished, or its stream is gone.
+        let c = self.mcp.calls.remove(index);
+        if let Some(s) = self.mcp.sessions.get_mut(&c.session) {
+            s.calls_open = s.calls_open.saturating_sub(1);
+        }
+        let Some(Phase::Mcp(s)) = self.conn_mut(stream).map(|c| &mut c.phase) else {
+            return;
+        };
+        s.calls_open = s.calls_open.saturating_sub(1);
+        if s.kind == StreamKind::Answer && s.calls_open == 0 {
+            self.start_closing(now, stream);
+        }
     }
 
     /// Sends one JSON-RPC message on the MCP stream `id`.
@@ -606,56 +884,28 @@ impl Engine {
         self.want_write(id);
     }
 
-    /// The deadline of an MCP stream: the next countdown step, or a heartbeat.
-    pub(super) fn mcp_deadline(&mut self, now: Instant, id: ConnId) {
+    /// The deadline of an MCP stream: a heartbeat if it is idle.
+    pub(super) fn mcp_heartbeat(&mut self, now: Instant, id: ConnId) {
+        let heartbeat = self.config.sse.heartbeat();
         let Some(conn) = self.conn_mut(id) else {
             return;
         };
-        let Phase::Mcp(stream) = &mut conn.phase else {
-            return;
-        };
-        let Some(call) = &mut stream.call else {
-            if conn.out.is_empty() {
-                conn.out.push_static(sse::HEARTBEAT);
-                self.want_write(id);
-            }
-            let heartbeat = self.config.sse.heartbeat();
-            return self.set_deadline(id, now.checked_add(heartbeat));
-        };
-        call.done += 1;
-        let (done, total, every) = (call.done, call.total, call.every);
-        let message = if done <= total {
-            call.token.as_ref().map(|token| {
-                jsonrpc::notification(
-                    "notifications/progress",
-                    json!({"progressToken": token, "progress": done, "total": total}),
-                )
-            })
-        } else {
-            Some(jsonrpc::result(
-                &call.request,
-                json!({"content": [{"type": "text", "text": "done"}], "isError": false}),
-            ))
-        };
-        if let Some(message) = message {
-            self.mcp_send(id, &message);
+        if conn.out.is_empty() {
+            conn.out.push_static(sse::HEARTBEAT);
+            self.want_write(id);
         }
-        if done > total {
-            self.start_closing(now, id);
-        } else {
-            // The answer comes one interval after the last progress step, never in the same
-            // write (PITFALLS: one SDK drops a progress notification read with the answer).
-            self.set_deadline(id, now.checked_add(every));
-        }
+        self.set_deadline(id, now.checked_add(heartbeat));
     }
 
     /// An MCP stream ended: the session forgets it.
     pub(super) fn mcp_release(&mut self, id: ConnId, stream: McpStream) {
         self.counters.mcp_streams -= 1;
+        if stream.kind == StreamKind::Legacy {
+            // A legacy session lives as long as its stream.
+            self.mcp_forget_session(&stream.session);
+            return;
+        }
         if let Some(s) = self.mcp.sessions.get_mut(&stream.session) {
-            if stream.call.is_some() {
-                s.streams_open = s.streams_open.saturating_sub(1);
-            }
             if s.listener == Some(id) {
                 s.listener = None;
             }
@@ -744,7 +994,7 @@ impl Engine {
                 .mcp
                 .sessions
                 .get(&session)
-                .is_some_and(|s| s.listener.is_some() || s.streams_open > 0);
+                .is_some_and(|s| s.listener.is_some() || s.calls_open > 0);
             if busy {
                 self.mcp_touch(now, &session);
             } else {
@@ -753,6 +1003,30 @@ impl Engine {
             }
         }
     }
+}
+
+/// The `initialize` result for `version`.
+fn initialize_result(version: &str) -> Value {
+    json!({
+        "protocolVersion": version,
+        "capabilities": {
+            "tools": {"listChanged": false},
+            "resources": {"subscribe": true, "listChanged": false},
+            "logging": {},
+        },
+        "serverInfo": {"name": "mcp-stream", "version": env!("CARGO_PKG_VERSION")},
+        "instructions": "Topics of the mcp-stream hub are resources stream://topics/{topic}; \
+                         the tools publish, history and topics work on them.",
+    })
+}
+
+/// The progress token of a request, if it asked for progress.
+fn progress_token(params: &Value) -> Option<Value> {
+    params
+        .get("_meta")
+        .and_then(|m| m.get("progressToken"))
+        .filter(|t| t.is_string() || t.is_number())
+        .cloned()
 }
 
 enum ToolError {

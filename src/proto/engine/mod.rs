@@ -478,6 +478,7 @@ impl Engine {
             self.timers.next(),
             self.drain_deadline,
             self.mcp_next_reap(),
+            self.mcp_next_call(),
         ]
         .into_iter()
         .flatten()
@@ -494,6 +495,7 @@ impl Engine {
                 self.on_deadline(now, id);
             }
         }
+        self.mcp_calls_due(now);
         self.mcp_reap(now);
         if self.drain_deadline.is_some_and(|d| d <= now) {
             let all: Vec<ConnId> = self.conns.iter().map(|(i, c)| id_of(i, c)).collect();
@@ -789,7 +791,7 @@ impl Engine {
                 self.set_deadline(id, next);
             }
             Phase::Ws(_) => self.ws_keepalive(now, id),
-            Phase::Mcp(_) => self.mcp_deadline(now, id),
+            Phase::Mcp(_) => self.mcp_heartbeat(now, id),
         }
     }
 
@@ -949,6 +951,8 @@ impl Engine {
                 "GET" | "HEAD" => http::json_response(200, r#"{"status":"ok"}"#, "", keep_alive),
                 _ => method_not_allowed("GET, HEAD", keep_alive),
             },
+            "/sse" => return self.mcp_legacy_open(now, id, &request),
+            "/messages" => return self.mcp_legacy_post(now, id, &request, &body),
             "/stream/ws" => match method {
                 "GET" => return self.open_websocket(now, id, &request),
                 _ => method_not_allowed("GET", keep_alive),
