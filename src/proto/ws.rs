@@ -36,7 +36,9 @@ pub fn wants_upgrade(request: &Request) -> bool {
 }
 
 /// Checks an upgrade request (RFC 6455 section 4.2.1) and returns the `101` response head.
-pub fn accept(request: &Request) -> Result<Vec<u8>, UpgradeError> {
+/// With `subprotocol`, the client must offer it in `Sec-WebSocket-Protocol`, and the answer
+/// selects it.
+pub fn accept(request: &Request, subprotocol: Option<&str>) -> Result<Vec<u8>, UpgradeError> {
     let refuse = |reason| {
         Err(UpgradeError {
             status: 400,
@@ -65,10 +67,17 @@ pub fn accept(request: &Request) -> Result<Vec<u8>, UpgradeError> {
     if !is_websocket_key(key) {
         return refuse("invalid Sec-WebSocket-Key");
     }
+    let selected = match subprotocol {
+        Some(p) if request.header_has_token("sec-websocket-protocol", p) => {
+            format!("Sec-WebSocket-Protocol: {p}\r\n")
+        }
+        Some(_) => return refuse("missing Sec-WebSocket-Protocol: mcp"),
+        None => String::new(),
+    };
     let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
     Ok(format!(
         "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Accept: {accept}\r\n\r\n"
+         Sec-WebSocket-Accept: {accept}\r\n{selected}\r\n"
     )
     .into_bytes())
 }
@@ -295,9 +304,21 @@ mod tests {
 
     #[test]
     fn the_rfc_example_key_is_accepted() {
-        let head = String::from_utf8(accept(&request(&GOOD)).unwrap()).unwrap();
+        let head = String::from_utf8(accept(&request(&GOOD), None).unwrap()).unwrap();
         assert!(head.starts_with("HTTP/1.1 101 Switching Protocols\r\n"));
         assert!(head.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"));
+    }
+
+    #[test]
+    fn a_required_subprotocol_is_checked_and_selected() {
+        let mut offered = GOOD.to_vec();
+        offered.push(("Sec-WebSocket-Protocol", "chat, mcp"));
+        let head = String::from_utf8(accept(&request(&offered), Some("mcp")).unwrap()).unwrap();
+        assert!(head.contains("Sec-WebSocket-Protocol: mcp\r\n"), "{head}");
+        assert_eq!(
+            accept(&request(&GOOD), Some("mcp")).unwrap_err().reason,
+            "missing Sec-WebSocket-Protocol: mcp"
+        );
     }
 
     #[test]
@@ -314,11 +335,11 @@ mod tests {
                 .filter(|(i, _)| *i != drop)
                 .map(|(_, h)| *h)
                 .collect();
-            assert_eq!(accept(&request(&headers)).unwrap_err().reason, reason);
+            assert_eq!(accept(&request(&headers), None).unwrap_err().reason, reason);
         }
         let mut bad_key = GOOD;
         bad_key[3].1 = "short==";
-        assert_eq!(accept(&request(&bad_key)).unwrap_err().status, 400);
+        assert_eq!(accept(&request(&bad_key), None).unwrap_err().status, 400);
     }
 
     fn client_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {

@@ -73,7 +73,7 @@ struct Call {
 struct Session {
     /// Its server-to-client stream (`GET`, or the legacy `GET /sse`), if open.
     listener: Option<ConnId>,
-    /// Whether it lives on a legacy HTTP+SSE stream (and ends with it).
+    /// Whether it lives on one connection (legacy HTTP+SSE, WebSocket) and ends with it.
     legacy: bool,
     /// Streamed calls in progress.
     calls_open: usize,
@@ -158,7 +158,7 @@ impl Engine {
 
     /// Whether the request's `Origin` (if any) may use the endpoint: one of `allowed_origins`
     /// when that list is set; otherwise, for a loopback listener, a loopback origin.
-    fn origin_allowed(&self, request: &Request) -> bool {
+    pub(super) fn origin_allowed(&self, request: &Request) -> bool {
         let Some(origin) = request.header("origin") else {
             return true;
         };
@@ -367,6 +367,72 @@ impl Engine {
         Some(session)
     }
 
+    /// A session living on connection `id` (a WebSocket at the MCP endpoint); `None` when
+    /// there are too many sessions or no random bytes.
+    pub(super) fn mcp_bound_session(&mut self, now: Instant, id: ConnId) -> Option<String> {
+        if self.mcp.sessions.len() >= self.config.max_connections {
+            return None;
+        }
+        let session = self.mcp_new_session(now, true)?;
+        if let Some(s) = self.mcp.sessions.get_mut(session.as_str()) {
+            s.listener = Some(id);
+        }
+        Some(session)
+    }
+
+    /// One text frame of a WebSocket carrying MCP: one JSON-RPC message.
+    pub(super) fn mcp_ws_message(&mut self, now: Instant, id: ConnId, session: &str, text: &str) {
+        let answer = match serde_json::from_str::<Value>(text) {
+            Ok(value) => match jsonrpc::parse(&value) {
+                Ok(message) => {
+                    self.mcp_touch(now, session);
+                    self.mcp_message(now, session, id, message);
+                    return;
+                }
+                Err(invalid) => jsonrpc::error(invalid.id.as_ref(), invalid.code, invalid.message),
+            },
+            Err(_) => jsonrpc::error(None, jsonrpc::PARSE_ERROR, "Parse error"),
+        };
+        self.mcp_send(id, &answer);
+    }
+
+    /// One message of a session whose answers all go on `stream` (legacy SSE, WebSocket).
+    fn mcp_message(&mut self, now: Instant, session: &str, stream: ConnId, message: Message) {
+        match message {
+            Message::Request {
+                id: rpc_id,
+                method,
+                params,
+            } => {
+                if method == "initialize" {
+                    let asked = params
+                        .get("protocolVersion")
+                        .and_then(Value::as_str)
+                        .unwrap_or("");
+                    let version = PROTOCOL_VERSIONS
+                        .iter()
+                        .find(|v| **v == asked)
+                        .copied()
+                        .unwrap_or(PROTOCOL_VERSIONS[0]);
+                    let result = jsonrpc::result(&rpc_id, initialize_result(version));
+                    self.mcp_send(stream, &result);
+                } else {
+                    let token = progress_token(&params);
+                    match self.mcp_answer(now, session, &rpc_id, &method, &params, token) {
+                        Answer::Now(response) => self.mcp_send(stream, &response),
+                        Answer::Countdown(countdown) => {
+                            self.mcp_start_call(now, session, stream, countdown)
+                        }
+                    }
+                }
+            }
+            Message::Notification { method, params } => {
+                self.mcp_notification(session, &method, &params)
+            }
+            Message::Response { .. } => {}
+        }
+    }
+
     /// `GET /sse` (legacy HTTP+SSE): a session living on this stream.
     pub(super) fn mcp_legacy_open(&mut self, now: Instant, id: ConnId, request: &Request) {
         let keep_alive = request.keep_alive();
@@ -466,39 +532,7 @@ impl Engine {
             Err(invalid) => return http::error_response(400, invalid.message, "", keep_alive),
         };
         self.mcp_touch(now, session);
-        match message {
-            Message::Request {
-                id: rpc_id,
-                method,
-                params,
-            } => {
-                if method == "initialize" {
-                    let asked = params
-                        .get("protocolVersion")
-                        .and_then(Value::as_str)
-                        .unwrap_or("");
-                    let version = PROTOCOL_VERSIONS
-                        .iter()
-                        .find(|v| **v == asked)
-                        .copied()
-                        .unwrap_or("2024-11-05");
-                    let result = jsonrpc::result(&rpc_id, initialize_result(version));
-                    self.mcp_send(stream, &result);
-                } else {
-                    let token = progress_token(&params);
-                    match self.mcp_answer(now, session, &rpc_id, &method, &params, token) {
-                        Answer::Now(response) => self.mcp_send(stream, &response),
-                        Answer::Countdown(countdown) => {
-                            self.mcp_start_call(now, session, stream, countdown)
-                        }
-                    }
-                }
-            }
-            Message::Notification { method, params } => {
-                self.mcp_notification(session, &method, &params)
-            }
-            Message::Response { .. } => {}
-        }
+        self.mcp_message(now, session, stream, message);
         http::response(
             202,
             "text/plain; charset=utf-8",
@@ -724,7 +758,7 @@ impl Engine {
     }
 
     /// Removes a session and its subscriptions; returns its stream, if one is open.
-    fn mcp_forget_session(&mut self, session: &str) -> Option<ConnId> {
+    pub(super) fn mcp_forget_session(&mut self, session: &str) -> Option<ConnId> {
         let s = self.mcp.sessions.remove(session)?;
         self.mcp.idle.remove(&s.idle_key);
         for topic in &s.watching {
@@ -838,7 +872,11 @@ impl Engine {
                 json!({"content": [{"type": "text", "text": "done"}], "isError": false}),
             ))
         };
-        let stream_open = matches!(self.conn(stream).map(|c| &c.phase), Some(Phase::Mcp(_)));
+        let stream_open = match self.conn(stream).map(|c| &c.phase) {
+            Some(Phase::Mcp(_)) => true,
+            Some(Phase::Ws(socket)) => socket.mcp_session.is_some(),
+            _ => false,
+        };
         if let (true, Some(message)) = (stream_open, message) {
             self.mcp_send(stream, &message);
         }
@@ -864,14 +902,16 @@ impl Engine {
         }
     }
 
-    /// Sends one JSON-RPC message on the MCP stream `id`.
+    /// Sends one JSON-RPC message on `id`: an MCP SSE stream, or a WebSocket carrying MCP.
     fn mcp_send(&mut self, id: ConnId, message: &Value) {
         let limit = self.config.backpressure.max_queue_bytes;
         let Some(conn) = self.conn_mut(id) else {
             return;
         };
-        let Phase::Mcp(stream) = &mut conn.phase else {
-            return;
+        let stream = match &mut conn.phase {
+            Phase::Mcp(stream) => stream,
+            Phase::Ws(socket) if socket.mcp_session.is_some() => return self.ws_reply(id, message),
+            _ => return,
         };
         stream.sent += 1;
         let event_id = format!("{}-{}", stream.number, stream.sent);

@@ -673,7 +673,12 @@ impl Engine {
             }
             Phase::Ws(socket) => {
                 self.counters.websockets -= 1;
-                self.websockets.try_remove(socket.everyone_key);
+                if let Some(key) = socket.everyone_key {
+                    self.websockets.try_remove(key);
+                }
+                if let Some(session) = &socket.mcp_session {
+                    self.mcp_forget_session(session);
+                }
                 for (_, sub) in socket.rooms {
                     self.hub.unsubscribe(sub);
                 }
@@ -944,6 +949,9 @@ impl Engine {
         let keep_alive = request.keep_alive();
         let method = request.method.as_str();
         if request.path == self.config.mcp.path {
+            if ws::wants_upgrade(&request) {
+                return self.open_websocket(now, id, &request, true);
+            }
             return self.mcp_request(now, id, &request, &body);
         }
         let response = match request.path.as_str() {
@@ -954,10 +962,12 @@ impl Engine {
             "/sse" => return self.mcp_legacy_open(now, id, &request),
             "/messages" => return self.mcp_legacy_post(now, id, &request, &body),
             "/stream/ws" => match method {
-                "GET" => return self.open_websocket(now, id, &request),
+                "GET" => return self.open_websocket(now, id, &request, false),
                 _ => method_not_allowed("GET", keep_alive),
             },
-            "/" if ws::wants_upgrade(&request) => return self.open_websocket(now, id, &request),
+            "/" if ws::wants_upgrade(&request) => {
+                return self.open_websocket(now, id, &request, false)
+            }
             "/" => match method {
                 "GET" | "HEAD" => http::response(
                     200,

@@ -25,8 +25,11 @@ pub(super) struct WsConn {
     session: Session,
     /// The rooms it is in, by name.
     pub(super) rooms: Vec<(Box<str>, Subscription)>,
-    /// Its key in the engine's list of every WebSocket connection.
-    pub(super) everyone_key: usize,
+    /// Its key in the engine's list of WebSocket connections that get broadcasts to all;
+    /// `None` for an MCP connection.
+    pub(super) everyone_key: Option<usize>,
+    /// The MCP session it carries (WebSocket at the MCP endpoint, subprotocol `mcp`).
+    pub(super) mcp_session: Option<Box<str>>,
     /// When it last sent anything.
     last_seen: Instant,
     /// When the ping it has not yet answered was sent.
@@ -34,15 +37,35 @@ pub(super) struct WsConn {
 }
 
 impl Engine {
-    /// `GET /stream/ws` (or `/` with `Upgrade: websocket`): upgrades `id`.
-    pub(super) fn open_websocket(&mut self, now: Instant, id: ConnId, request: &Request) {
+    /// `GET /stream/ws` (or `/` with `Upgrade: websocket`): upgrades `id`. With `mcp`, the
+    /// upgrade is at the MCP endpoint: the connection carries one MCP session, one JSON-RPC
+    /// message per text frame, and needs the `mcp` subprotocol.
+    pub(super) fn open_websocket(
+        &mut self,
+        now: Instant,
+        id: ConnId,
+        request: &Request,
+        mcp: bool,
+    ) {
         let keep_alive = request.keep_alive();
-        if !self.features.is_enabled(Feature::WebsocketStreaming) {
-            let response =
-                http::error_response(501, "WebSocket streaming not enabled", "", keep_alive);
+        let refused = if mcp {
+            if !self.features.is_enabled(Feature::McpTransport) {
+                Some((501, "MCP transport not enabled"))
+            } else if !self.origin_allowed(request) {
+                Some((403, "origin not allowed"))
+            } else {
+                None
+            }
+        } else if !self.features.is_enabled(Feature::WebsocketStreaming) {
+            Some((501, "WebSocket streaming not enabled"))
+        } else {
+            None
+        };
+        if let Some((status, reason)) = refused {
+            let response = http::error_response(status, reason, "", keep_alive);
             return self.respond(now, id, response, keep_alive);
         }
-        let head = match ws::accept(request) {
+        let head = match ws::accept(request, mcp.then_some("mcp")) {
             Ok(head) => head,
             Err(e) => {
                 let extra = if e.reason.starts_with("unsupported Sec-WebSocket-Version") {
@@ -54,27 +77,47 @@ impl Engine {
                 return self.respond(now, id, response, keep_alive);
             }
         };
-        let everyone_key = self.websockets.insert(id);
+        let mcp_session = if mcp {
+            match self.mcp_bound_session(now, id) {
+                Some(session) => Some(session),
+                None => {
+                    let response = http::error_response(
+                        503,
+                        "too many MCP sessions",
+                        "Retry-After: 1\r\n",
+                        keep_alive,
+                    );
+                    return self.respond(now, id, response, keep_alive);
+                }
+            }
+        } else {
+            None
+        };
+        let everyone_key = (!mcp).then(|| self.websockets.insert(id));
         let session = Session::new(self.config.websocket.max_message_bytes);
         let Some(conn) = self.conn_mut(id) else {
-            self.websockets.remove(everyone_key);
             return;
         };
         conn.out.push_owned(head);
+        let public_id = conn.public_id;
         conn.phase = Phase::Ws(Box::new(WsConn {
             session,
             rooms: Vec::new(),
             everyone_key,
+            mcp_session: mcp_session.map(Into::into),
             last_seen: now,
             ping_sent: None,
         }));
-        let welcome = json!({
-            "type": "welcome",
-            "data": "Connected to MCP server",
-            "id": conn.public_id.to_string(),
-        });
         self.counters.websockets += 1;
-        self.ws_reply(id, &welcome);
+        if !mcp {
+            let welcome = json!({
+                "type": "welcome",
+                "data": "Connected to MCP server",
+                "id": public_id.to_string(),
+            });
+            self.ws_reply(id, &welcome);
+        }
+        self.want_write(id);
         let interval = self.config.websocket.ping_interval();
         self.set_deadline(id, now.checked_add(interval));
     }
@@ -94,7 +137,10 @@ impl Engine {
                 return;
             }
             match message {
-                Incoming::Text(text) => self.ws_message(now, id, &text),
+                Incoming::Text(text) => match self.ws_mut(id).and_then(|s| s.mcp_session.clone()) {
+                    Some(session) => self.mcp_ws_message(now, id, &session, &text),
+                    None => self.ws_message(now, id, &text),
+                },
                 Incoming::Binary => {
                     self.ws_error(id, "binary messages are not supported: send JSON text")
                 }
@@ -313,7 +359,7 @@ impl Engine {
     }
 
     /// Sends `message` to `id` alone.
-    fn ws_reply(&mut self, id: ConnId, message: &Value) {
+    pub(super) fn ws_reply(&mut self, id: ConnId, message: &Value) {
         if let Some(socket) = self.ws_mut(id) {
             socket.session.send_text(message.to_string());
             self.ws_flush(id);
