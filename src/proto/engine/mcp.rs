@@ -241,7 +241,7 @@ impl Engine {
         }
         match message {
             Message::Notification { method, params } => {
-                self.mcp_notification(&session, &method, &params);
+                self.mcp_notification(now, &session, &method, &params);
                 Some(http::response(202, "application/json", b"", "", keep_alive))
             }
             Message::Response { .. } => {
@@ -427,7 +427,7 @@ impl Engine {
                 }
             }
             Message::Notification { method, params } => {
-                self.mcp_notification(session, &method, &params)
+                self.mcp_notification(now, session, &method, &params)
             }
             Message::Response { .. } => {}
         }
@@ -542,10 +542,24 @@ impl Engine {
         )
     }
 
-    fn mcp_notification(&mut self, _session: &str, method: &str, _params: &Value) {
-        // notifications/initialized, notifications/cancelled and the like need no answer; a
-        // cancelled countdown simply finishes (the client ignores its answer).
-        log::trace!("MCP notification {method}");
+    /// A notification from a client: `notifications/cancelled` stops the streamed call it
+    /// names (no answer is sent for it); the others need nothing.
+    fn mcp_notification(&mut self, now: Instant, session: &str, method: &str, params: &Value) {
+        if method != "notifications/cancelled" {
+            return;
+        }
+        let Some(request) = params.get("requestId") else {
+            return;
+        };
+        let found = self
+            .mcp
+            .calls
+            .iter()
+            .find(|(_, c)| *c.session == *session && c.countdown.request == *request)
+            .map(|(index, _)| index);
+        if let Some(index) = found {
+            self.mcp_finish_call(now, index);
+        }
     }
 
     /// Answers one request of `session`.
@@ -889,16 +903,21 @@ impl Engine {
             return;
         }
         // Finished, or its stream is gone.
+        self.mcp_finish_call(now, index);
+    }
+
+    /// Removes the call at `index`; an answer stream left with no call ends.
+    fn mcp_finish_call(&mut self, now: Instant, index: usize) {
         let c = self.mcp.calls.remove(index);
         if let Some(s) = self.mcp.sessions.get_mut(&c.session) {
             s.calls_open = s.calls_open.saturating_sub(1);
         }
-        let Some(Phase::Mcp(s)) = self.conn_mut(stream).map(|c| &mut c.phase) else {
+        let Some(Phase::Mcp(s)) = self.conn_mut(c.stream).map(|c| &mut c.phase) else {
             return;
         };
         s.calls_open = s.calls_open.saturating_sub(1);
         if s.kind == StreamKind::Answer && s.calls_open == 0 {
-            self.start_closing(now, stream);
+            self.start_closing(now, c.stream);
         }
     }
 

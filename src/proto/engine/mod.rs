@@ -1601,6 +1601,97 @@ Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhb
         );
     }
 
+    fn post_mcp(e: &mut Engine, now: Instant, session: Option<&str>, body: &str) -> ConnId {
+        let header = session.map_or(String::new(), |s| format!("Mcp-Session-Id: {s}\r\n"));
+        subscriber(
+            e,
+            now,
+            &format!(
+                "POST /mcp HTTP/1.1\r\nAccept: application/json, text/event-stream\r\n{header}\
+                 Content-Length: {}\r\n\r\n{body}",
+                body.len()
+            ),
+        )
+    }
+
+    #[test]
+    fn a_cancelled_countdown_stops_and_its_stream_ends() {
+        let mut e = engine(Config::default());
+        let t0 = Instant::now();
+        let at = |ms| t0 + Duration::from_millis(ms);
+        let mut wire = Wire::default();
+        let init = post_mcp(
+            &mut e,
+            t0,
+            None,
+            r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18"}}"#,
+        );
+        wire.run(&mut e);
+        let text = wire.text(init);
+        let session = text.split("Mcp-Session-Id: ").nth(1).unwrap()[..32].to_string();
+        let call = post_mcp(
+            &mut e,
+            t0,
+            Some(&session),
+            r#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"countdown","arguments":{"n":5,"interval_ms":10},"_meta":{"progressToken":"t"}}}"#,
+        );
+        e.handle_timeout(at(10));
+        e.handle_timeout(at(20));
+        wire.run(&mut e);
+        assert_eq!(wire.text(call).matches("notifications/progress").count(), 2);
+        post_mcp(
+            &mut e,
+            at(25),
+            Some(&session),
+            r#"{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":7}}"#,
+        );
+        wire.run(&mut e);
+        assert!(wire.shut.contains(&call), "the answer stream ends");
+        e.handle_timeout(at(100));
+        wire.run(&mut e);
+        assert_eq!(wire.text(call).matches("notifications/progress").count(), 2);
+        assert!(!wire.text(call).contains(r#""id":7"#));
+    }
+
+    #[test]
+    fn a_legacy_sse_session_answers_on_its_stream() {
+        let mut e = engine(Config::default());
+        let now = Instant::now();
+        let mut wire = Wire::default();
+        let stream = subscriber(&mut e, now, "GET /sse HTTP/1.1\r\n\r\n");
+        wire.run(&mut e);
+        let text = wire.text(stream);
+        let endpoint = text.split("event: endpoint\ndata: ").nth(1).unwrap();
+        let path = endpoint.split('\n').next().unwrap().to_string();
+        assert!(path.starts_with("/messages?sessionId="), "{path}");
+        let body = r#"{"jsonrpc":"2.0","id":"x","method":"ping"}"#;
+        let post = subscriber(
+            &mut e,
+            now,
+            &format!(
+                "POST {path} HTTP/1.1\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            ),
+        );
+        wire.run(&mut e);
+        assert!(wire.text(post).starts_with("HTTP/1.1 202 "));
+        assert!(wire
+            .text(stream)
+            .ends_with("data: {\"jsonrpc\":\"2.0\",\"id\":\"x\",\"result\":{}}\n\n"));
+        // The session ends with its stream.
+        e.handle_read_closed(now, stream);
+        let again = subscriber(
+            &mut e,
+            now,
+            &format!(
+                "POST {path} HTTP/1.1\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            ),
+        );
+        wire.run(&mut e);
+        assert!(wire.text(again).starts_with("HTTP/1.1 404 "));
+    }
+
     #[test]
     fn heartbeats_come_only_when_the_stream_is_idle() {
         let mut config = Config::default();
