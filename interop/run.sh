@@ -1,16 +1,19 @@
 #!/usr/bin/env bash
-# Interop suites: real third-party WebSocket clients against the real mcp-stream binary.
+# Interop suites: real third-party clients against the real mcp-stream binary.
 #
 #   bash interop/run.sh
 #
 # 1. Python `websockets` (asyncio client) under pytest: interop/test_websocket.py
-# 2. Headless Chromium driven by playwright-core: interop/browser/test.mjs
+# 2. The official MCP Python SDK (`mcp`, Streamable HTTP client) under pytest: interop/test_mcp.py
+# 3. The official MCP TypeScript SDK (StreamableHTTPClientTransport): interop/mcp-ts/test.mjs
+# 4. Headless Chromium driven by playwright-core: interop/browser/test.mjs
 #
 # Installs what it needs, idempotently and quietly, on a Debian machine with Python 3 + pip and
 # Node 20 + npm: pinned Python packages into interop/.pydeps (pip --target: no venv needed, and
 # no clash with a system Python marked externally managed), Debian's chromium when
-# /usr/bin/chromium is missing (apt-get, as root), and playwright-core into
-# interop/browser/node_modules (it never downloads a browser). Uses target/debug/mcp-stream
+# /usr/bin/chromium is missing (apt-get, as root), playwright-core into
+# interop/browser/node_modules (it never downloads a browser), and @modelcontextprotocol/sdk
+# into interop/mcp-ts/node_modules (`npm ci`, from its lockfile). Uses target/debug/mcp-stream
 # (MCP_STREAM_BIN overrides), building it if missing. Exits non-zero on any failure; the last
 # line is the summary `interop: N passed, M failed`.
 set -euo pipefail
@@ -40,7 +43,7 @@ if [ ! -x "$MCP_STREAM_BIN" ]; then
 fi
 
 # ---- Python packages (pinned)
-py_reqs="websockets==17.4 pytest==9.2.0"
+py_reqs="websockets==17.4 pytest==9.2.0 mcp==2.3.0"
 pydeps="$root/interop/.pydeps"
 if [ "$(cat "$pydeps/.installed" 2>/dev/null || true)" != "$py_reqs" ]; then
     say "installing $py_reqs into interop/.pydeps"
@@ -70,23 +73,33 @@ if [ "$want_pw" != "$have_pw" ]; then
         --no-fund --loglevel=error
 fi
 
+# ---- the MCP TypeScript SDK (pinned in package.json and package-lock.json)
+mcp_ts_dir="$root/interop/mcp-ts"
+want_sdk=$(node -p "require('$mcp_ts_dir/package.json').dependencies['@modelcontextprotocol/sdk']")
+have_sdk=$(node -p "try { require('$mcp_ts_dir/node_modules/@modelcontextprotocol/sdk/package.json').version } catch (e) { '' }")
+if [ "$want_sdk" != "$have_sdk" ]; then
+    say "installing @modelcontextprotocol/sdk $want_sdk into interop/mcp-ts/node_modules"
+    quietly env -C "$mcp_ts_dir" npm ci --no-audit --no-fund --loglevel=error
+fi
+
 # ---- the suites
 mkdir -p "$root/target"
 passed=0
 failed=0
 status=0
 
-say "pytest: interop/test_websocket.py (Python websockets client)"
-junit="$root/target/interop-pytest.xml"
-rm -f "$junit"
-set +e
-PYTHONPATH="$pydeps" PYTHONDONTWRITEBYTECODE=1 python3 -m pytest -q -p no:cacheprovider \
-    --junitxml="$junit" "$root/interop/test_websocket.py"
-rc=$?
-set -e
-if [ "$rc" != 0 ]; then status=1; fi
-if [ -f "$junit" ]; then
-    read -r p f < <(python3 - "$junit" <<'EOF'
+# Runs one pytest file; adds its counts (from its JUnit XML) to the tally.
+run_pytest() {
+    local file=$1 junit=$2 rc p f
+    rm -f "$junit"
+    set +e
+    PYTHONPATH="$pydeps" PYTHONDONTWRITEBYTECODE=1 python3 -m pytest -q -p no:cacheprovider \
+        --junitxml="$junit" "$file"
+    rc=$?
+    set -e
+    if [ "$rc" != 0 ]; then status=1; fi
+    if [ -f "$junit" ]; then
+        read -r p f < <(python3 - "$junit" <<'EOF'
 import sys
 import xml.etree.ElementTree as ET
 
@@ -97,29 +110,44 @@ bad = sum(int(s.get("failures", 0)) + int(s.get("errors", 0)) for s in suites)
 skipped = sum(int(s.get("skipped", 0)) for s in suites)
 print(tests - bad - skipped, bad)
 EOF
-    )
-    passed=$((passed + p))
-    failed=$((failed + f))
-else
-    failed=$((failed + 1))
-fi
+        )
+        passed=$((passed + p))
+        failed=$((failed + f))
+    else
+        failed=$((failed + 1))
+    fi
+}
+
+# Runs one node script that writes {"passed":N,"failed":M} to its argument; adds the counts.
+run_node() {
+    local script=$1 results=$2 rc p f
+    rm -f "$results"
+    set +e
+    node "$script" "$results"
+    rc=$?
+    set -e
+    if [ "$rc" != 0 ]; then status=1; fi
+    if [ -f "$results" ]; then
+        p=$(node -p "require('$results').passed")
+        f=$(node -p "require('$results').failed")
+        passed=$((passed + p))
+        failed=$((failed + f))
+    else
+        failed=$((failed + 1))
+    fi
+}
+
+say "pytest: interop/test_websocket.py (Python websockets client)"
+run_pytest "$root/interop/test_websocket.py" "$root/target/interop-pytest.xml"
+
+say "pytest: interop/test_mcp.py (MCP Python SDK, Streamable HTTP)"
+run_pytest "$root/interop/test_mcp.py" "$root/target/interop-mcp-python.xml"
+
+say "mcp-ts: interop/mcp-ts/test.mjs (MCP TypeScript SDK, Streamable HTTP)"
+run_node "$mcp_ts_dir/test.mjs" "$root/target/interop-mcp-ts.json"
 
 say "browser: interop/browser/test.mjs (headless Chromium, playwright-core)"
-results="$root/target/interop-browser.json"
-rm -f "$results"
-set +e
-node "$browser_dir/test.mjs" "$results"
-rc=$?
-set -e
-if [ "$rc" != 0 ]; then status=1; fi
-if [ -f "$results" ]; then
-    p=$(node -p "require('$results').passed")
-    f=$(node -p "require('$results').failed")
-    passed=$((passed + p))
-    failed=$((failed + f))
-else
-    failed=$((failed + 1))
-fi
+run_node "$browser_dir/test.mjs" "$root/target/interop-browser.json"
 
 if [ "$failed" != 0 ]; then status=1; fi
 echo "interop: $passed passed, $failed failed"

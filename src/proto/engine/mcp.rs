@@ -153,6 +153,12 @@ impl Engine {
                 ),
             }
         };
+        // A HEAD gets the head alone, so that the connection stays in step.
+        let response = if request.method == "HEAD" {
+            super::strip_body(response)
+        } else {
+            response
+        };
         self.respond(now, id, response, keep_alive);
     }
 
@@ -1093,15 +1099,23 @@ enum ToolError {
     Failed(String),
 }
 
-/// Whether `Accept` lists `kind` (or a wildcard that covers it).
+/// Whether `Accept` lists `kind` (or a wildcard that covers it) with a quality above zero.
 fn accepts(request: &Request, kind: &str) -> bool {
     let Some(accept) = request.header("accept") else {
         return false;
     };
     let major = kind.split('/').next().unwrap_or("");
     accept.split(',').any(|item| {
-        let media = item.split(';').next().unwrap_or("").trim();
-        media.eq_ignore_ascii_case(kind) || media == "*/*" || media == format!("{major}/*")
+        let mut parts = item.split(';');
+        let media = parts.next().unwrap_or("").trim();
+        let refused = parts.any(|p| {
+            p.trim()
+                .strip_prefix("q=")
+                .and_then(|q| q.trim().parse::<f32>().ok())
+                .is_some_and(|q| q <= 0.0)
+        });
+        !refused
+            && (media.eq_ignore_ascii_case(kind) || media == "*/*" || media == format!("{major}/*"))
     })
 }
 
@@ -1151,4 +1165,30 @@ fn tool_list() -> Value {
             "inputSchema": {"type": "object", "properties": {}},
         },
     ])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn accept_header(value: &str) -> Request {
+        Request {
+            method: "POST".into(),
+            path: "/mcp".into(),
+            query: String::new(),
+            version: 1,
+            headers: vec![("accept".into(), value.as_bytes().to_vec())],
+        }
+    }
+
+    #[test]
+    fn accept_lists_wildcards_and_refusals() {
+        let both = accept_header("application/json, text/event-stream");
+        assert!(accepts(&both, "application/json") && accepts(&both, "text/event-stream"));
+        assert!(accepts(&accept_header("*/*"), "text/event-stream"));
+        assert!(accepts(&accept_header("text/*;q=0.5"), "text/event-stream"));
+        let refused = accept_header("application/json;q=0, text/event-stream");
+        assert!(!accepts(&refused, "application/json"));
+        assert!(!accepts(&accept_header("text/html"), "text/event-stream"));
+    }
 }

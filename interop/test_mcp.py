@@ -1,0 +1,415 @@
+"""Interop: the official MCP Python SDK (`mcp` on PyPI) against the real mcp-stream binary.
+
+Run by interop/run.sh (which installs the pinned packages). Each test starts its own server on
+127.0.0.1 with a port the kernel picks and stops it afterwards. The SDK's Streamable HTTP
+client talks to `/mcp`; an httpx2 client with event hooks is handed to it, so the tests see the
+HTTP exchanges the SDK makes (the GET stream opening, the DELETE on exit) and wait on those
+events instead of on time. Every wait is bounded by WAIT.
+"""
+
+import asyncio
+import json
+import os
+import pathlib
+import re
+import subprocess
+import tempfile
+import threading
+import urllib.error
+import urllib.request
+
+import httpx2
+import pytest
+from mcp import Client, ClientSession, MCPError, ResourceUpdatedNotification
+from mcp.client.streamable_http import streamable_http_client
+
+# The SDK marks logging and resources/subscribe deprecated as of revision 2026-07-28; this
+# server speaks 2025-11-25, where they are current.
+pytestmark = pytest.mark.filterwarnings("ignore::mcp.MCPDeprecationWarning")
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+BIN = os.environ.get("MCP_STREAM_BIN", str(ROOT / "target" / "debug" / "mcp-stream"))
+WAIT = 10.0
+
+# Every variable the server reads: removed so that the caller's environment cannot change a test.
+CONFIG_ENV = [
+    "SSE_ENABLED", "WEBSOCKET_ENABLED", "MAX_CONNECTIONS", "STREAM_BUFFER_SIZE",
+    "PROCESSING_INTERVAL", "STREAM_COMPRESSION", "CONNECTION_POOLING", "AUTO_RECONNECTION",
+    "MONITORING_ENABLED", "STREAM_AUTHENTICATION", "STREAM_RATE_LIMITING",
+    "MAX_REQUESTS_PER_MINUTE", "CORS_ENABLED", "MCP_STREAM_LISTEN", "MCP_STREAM_TOKENS",
+    "MCP_STREAM_JWT_SECRET", "MCP_STREAM_ADMIN_TOKEN",
+]
+
+# Quotes, backslashes, JSON escapes, control characters, U+2028 and non-ASCII of every UTF-8
+# length.
+TRICKY = (
+    'she said "hi" \\ back\\\\slash \\" \x00 \x01 \x1f tab\t nl\n cr\r / \x7f '
+    "\u2028\u2029 héllo — 日本語 🎉 \U0010ffff"
+)
+
+
+class Server:
+    """A running `mcp-stream serve --listen 127.0.0.1:0`."""
+
+    def __init__(self, config=None):
+        self._config_file = None
+        args = [BIN, "serve", "--listen", "127.0.0.1:0", "--log-level", "warn"]
+        if config is not None:
+            f = tempfile.NamedTemporaryFile("w", suffix=".json", delete=False)
+            json.dump(config, f)
+            f.close()
+            self._config_file = f.name
+            args += ["--config", f.name]
+        env = {k: v for k, v in os.environ.items() if k not in CONFIG_ENV}
+        self.proc = subprocess.Popen(
+            args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL, env=env, text=True,
+        )
+        line = []
+        reader = threading.Thread(target=lambda: line.append(self.proc.stdout.readline()))
+        reader.start()
+        reader.join(WAIT)
+        if not line or not line[0].startswith("listening on http://"):
+            self.stop()
+            raise RuntimeError(f"unexpected first line {line!r}")
+        self.addr = line[0].strip().removeprefix("listening on http://")
+        self.url = f"http://{self.addr}/mcp"
+
+    def publish(self, body):
+        """POST /stream/publish; asserts 202; returns the ids."""
+        request = urllib.request.Request(
+            f"http://{self.addr}/stream/publish", data=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json"}, method="POST",
+        )
+        with urllib.request.urlopen(request, timeout=WAIT) as r:
+            assert r.status == 202
+            return json.loads(r.read())["ids"]
+
+    def raw_ping(self, session_id):
+        """A ping in `session_id` by hand, outside the SDK: (status, JSON body)."""
+        request = urllib.request.Request(
+            self.url, data=json.dumps({"jsonrpc": "2.0", "id": 1, "method": "ping"}).encode(),
+            headers={
+                "Content-Type": "application/json",
+                "Accept": "application/json, text/event-stream",
+                "Mcp-Session-Id": session_id,
+            },
+            method="POST",
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=WAIT) as r:
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read())
+
+    def stop(self):
+        self.proc.kill()
+        self.proc.wait()
+        if self._config_file:
+            os.unlink(self._config_file)
+
+
+@pytest.fixture
+def server():
+    s = Server()
+    yield s
+    s.stop()
+
+
+def run(coro):
+    """Runs one test's coroutine, bounded as a whole."""
+    return asyncio.run(asyncio.wait_for(coro, 60))
+
+
+class Http:
+    """An httpx2 client for the SDK that records every exchange it makes."""
+
+    def __init__(self):
+        self.exchanges = []  # (method, status, request body as JSON or None, response headers)
+        self.get_stream_open = asyncio.Event()
+        self._changed = asyncio.Event()
+        self.client = httpx2.AsyncClient(
+            timeout=httpx2.Timeout(WAIT, read=300.0),
+            event_hooks={"response": [self._on_response]},
+        )
+
+    async def _on_response(self, response):
+        request = response.request
+        try:
+            body = json.loads(request.content) if request.content else None
+        except ValueError:
+            body = None
+        self.exchanges.append((request.method, response.status_code, body, response.headers))
+        if request.method == "GET" and response.status_code == 200:
+            self.get_stream_open.set()
+        self._changed.set()
+
+    async def until(self, what, predicate):
+        """Waits until `predicate()` holds over the exchanges seen so far."""
+
+        async def loop():
+            while not predicate():
+                self._changed.clear()
+                await self._changed.wait()
+
+        await wait_for(what, loop())
+
+    def posts(self, rpc_method):
+        """The statuses of the POSTs that carried `rpc_method`."""
+        return [
+            (status, headers)
+            for (method, status, body, headers) in self.exchanges
+            if method == "POST" and isinstance(body, dict) and body.get("method") == rpc_method
+        ]
+
+
+def session_id_of(http):
+    """The Mcp-Session-Id the server gave on the initialize answer."""
+    answers = http.posts("initialize")
+    assert len(answers) == 1, http.exchanges
+    status, headers = answers[0]
+    assert status == 200
+    sid = headers.get("mcp-session-id")
+    assert sid and re.fullmatch(r"[0-9a-f]{32}", sid), sid
+    return sid
+
+
+async def wait_for(what, awaitable):
+    try:
+        return await asyncio.wait_for(awaitable, WAIT)
+    except asyncio.TimeoutError:
+        raise AssertionError(f"{what}: not within {WAIT} s") from None
+
+
+def text_of(result):
+    assert result.is_error is False, result
+    assert len(result.content) == 1, result
+    assert result.content[0].type == "text"
+    return result.content[0].text
+
+
+# ---- the handshake and plain requests
+
+
+def test_initialize_negotiates_the_newest_revision_and_names_the_server(server):
+    async def body():
+        http = Http()
+        async with http.client, streamable_http_client(server.url, http_client=http.client) as (
+            read, write, *_
+        ):
+            async with ClientSession(read, write) as s:
+                result = await wait_for("initialize", s.initialize())
+                assert result.protocol_version == "2025-11-25"
+                assert s.protocol_version == "2025-11-25"
+                assert s.server_info.name == "mcp-stream"
+                assert s.server_info.version
+                caps = s.server_capabilities
+                assert caps.tools is not None
+                assert caps.resources is not None and caps.resources.subscribe is True
+                assert caps.logging is not None
+                session_id_of(http)
+                # The SDK sends notifications/initialized (in the background) and gets 202.
+                await http.until(
+                    "notifications/initialized", lambda: http.posts("notifications/initialized")
+                )
+                assert [st for st, _ in http.posts("notifications/initialized")] == [202]
+
+    run(body())
+
+
+def test_ping_tools_list_and_logging(server):
+    async def body():
+        async with streamable_http_client(server.url) as (read, write, *_):
+            async with ClientSession(read, write) as s:
+                await wait_for("initialize", s.initialize())
+                await wait_for("ping", s.send_ping())
+                tools = await wait_for("tools/list", s.list_tools())
+                assert [t.name for t in tools.tools] == [
+                    "echo", "countdown", "publish", "history", "topics",
+                ]
+                for t in tools.tools:
+                    assert t.input_schema["type"] == "object"
+                await wait_for("logging/setLevel", s.set_logging_level("debug"))
+
+    run(body())
+
+
+def test_echo_returns_quotes_backslashes_and_non_ascii_exactly(server):
+    async def body():
+        async with streamable_http_client(server.url) as (read, write, *_):
+            async with ClientSession(read, write) as s:
+                await wait_for("initialize", s.initialize())
+                for text in [TRICKY, "", "\\", '"', TRICKY * 200]:
+                    result = await wait_for("echo", s.call_tool("echo", {"text": text}))
+                    got = text_of(result)
+                    assert got.encode("utf-8") == text.encode("utf-8")
+
+    run(body())
+
+
+def test_errors_reach_the_caller_as_mcp_errors_or_tool_errors(server):
+    async def body():
+        async with streamable_http_client(server.url) as (read, write, *_):
+            async with ClientSession(read, write) as s:
+                await wait_for("initialize", s.initialize())
+                with pytest.raises(MCPError) as unknown_tool:
+                    await wait_for("unknown tool", s.call_tool("no-such-tool", {}))
+                assert unknown_tool.value.code == -32602
+                with pytest.raises(MCPError) as bad_resource:
+                    await wait_for("bad resource", s.read_resource("file:///etc/passwd"))
+                assert bad_resource.value.code == -32602
+                result = await wait_for("echo without text", s.call_tool("echo", {}))
+                assert result.is_error is True
+                # The session carries on.
+                await wait_for("ping", s.send_ping())
+
+    run(body())
+
+
+def test_topics_are_resources_that_list_and_read(server):
+    async def body():
+        ids = await asyncio.to_thread(
+            server.publish, {"topic": "news", "event": "update", "data": {"t": TRICKY}}
+        )
+        async with streamable_http_client(server.url) as (read, write, *_):
+            async with ClientSession(read, write) as s:
+                await wait_for("initialize", s.initialize())
+                listed = await wait_for("resources/list", s.list_resources())
+                assert [str(r.uri) for r in listed.resources] == ["stream://topics/news"]
+                templates = await wait_for("templates", s.list_resource_templates())
+                assert templates.resource_templates[0].uri_template == "stream://topics/{topic}"
+                got = await wait_for("resources/read", s.read_resource("stream://topics/news"))
+                assert len(got.contents) == 1
+                assert json.loads(got.contents[0].text) == [{
+                    "type": "event", "topic": "news", "event": "update", "id": ids[0],
+                    "data": {"t": TRICKY},
+                }]
+
+    run(body())
+
+
+# ---- progress
+
+
+def test_three_concurrent_countdowns_each_receive_all_progress_in_order(server):
+    async def body():
+        n = 15
+        seen = {k: [] for k in range(3)}
+
+        def recorder(k):
+            async def on_progress(progress, total, message):
+                # Counted as it arrives.
+                seen[k].append((progress, total))
+
+            return on_progress
+
+        async with streamable_http_client(server.url) as (read, write, *_):
+            async with ClientSession(read, write) as s:
+                await wait_for("initialize", s.initialize())
+                results = await wait_for("three countdowns", asyncio.gather(*[
+                    s.call_tool(
+                        "countdown", {"n": n, "interval_ms": 20}, progress_callback=recorder(k)
+                    )
+                    for k in range(3)
+                ]))
+                for k, result in enumerate(results):
+                    assert text_of(result) == "done"
+                    assert seen[k] == [(float(i), float(n)) for i in range(1, n + 1)], (k, seen[k])
+
+    run(body())
+
+
+# ---- resource subscriptions over the GET stream
+
+
+def test_a_subscription_receives_resources_updated_after_an_http_publish(server):
+    async def body():
+        http = Http()
+        updates = asyncio.Queue()
+
+        async def on_message(message):
+            if isinstance(message, ResourceUpdatedNotification):
+                updates.put_nowait(str(message.params.uri))
+
+        async with http.client, streamable_http_client(server.url, http_client=http.client) as (
+            read, write, *_
+        ):
+            async with ClientSession(read, write, message_handler=on_message) as s:
+                await wait_for("initialize", s.initialize())
+                # The SDK opens the session's GET stream after notifications/initialized.
+                await wait_for("the GET stream", http.get_stream_open.wait())
+                await wait_for("subscribe", s.subscribe_resource("stream://topics/news"))
+                await wait_for("subscribe", s.subscribe_resource("stream://topics/barrier.1"))
+
+                await asyncio.to_thread(server.publish, {"topic": "news", "data": TRICKY})
+                assert await wait_for("the update", updates.get()) == "stream://topics/news"
+                # An unsubscribed topic is not heard of: the barrier topic comes next.
+                await asyncio.to_thread(server.publish, {"topic": "sport", "data": 1})
+                await asyncio.to_thread(server.publish, {"topic": "barrier.1", "data": 1})
+                assert await wait_for("the barrier", updates.get()) == "stream://topics/barrier.1"
+
+                # The SDK's own publish (the publish tool) is heard of too.
+                await wait_for("publish tool", s.call_tool("publish", {"topic": "news", "data": 2}))
+                assert await wait_for("the update", updates.get()) == "stream://topics/news"
+
+                await wait_for("unsubscribe", s.unsubscribe_resource("stream://topics/news"))
+                await wait_for("subscribe", s.subscribe_resource("stream://topics/barrier.2"))
+                await asyncio.to_thread(server.publish, {"topic": "news", "data": 3})
+                await asyncio.to_thread(server.publish, {"topic": "barrier.2", "data": 1})
+                assert await wait_for("the barrier", updates.get()) == "stream://topics/barrier.2"
+                assert updates.empty()
+                # The one GET stream stayed open all along.
+                gets = [st for (m, st, _, _) in http.exchanges if m == "GET"]
+                assert gets == [200], http.exchanges
+
+    run(body())
+
+
+# ---- termination
+
+
+def test_leaving_the_client_deletes_the_session(server):
+    async def body():
+        http = Http()
+        async with http.client:
+            async with streamable_http_client(server.url, http_client=http.client) as (
+                read, write, *_
+            ):
+                async with ClientSession(read, write) as s:
+                    await wait_for("initialize", s.initialize())
+                    await wait_for("ping", s.send_ping())
+                    sid = session_id_of(http)
+                    status, answer = await asyncio.to_thread(server.raw_ping, sid)
+                    assert (status, answer) == (200, {"jsonrpc": "2.0", "id": 1, "result": {}})
+            deletes = [st for (m, st, _, _) in http.exchanges if m == "DELETE"]
+            assert deletes == [200], http.exchanges
+        status, answer = await asyncio.to_thread(server.raw_ping, sid)
+        assert status == 404
+        assert answer == {"error": "unknown session"}
+
+    run(body())
+
+
+# ---- the high-level client: server/discover probe, then initialize
+
+
+def test_the_high_level_client_probes_discover_then_falls_back_to_initialize(server):
+    async def body():
+        http = Http()
+        async with http.client:
+            transport = streamable_http_client(server.url, http_client=http.client)
+            async with Client(transport) as client:
+                assert client.protocol_version == "2025-11-25"
+                assert client.server_info.name == "mcp-stream"
+                result = await wait_for("echo", client.call_tool("echo", {"text": TRICKY}))
+                assert text_of(result) == TRICKY
+            posted = [
+                body.get("method") for (m, _, body, _) in http.exchanges
+                if m == "POST" and isinstance(body, dict)
+            ]
+            assert posted[:2] == ["server/discover", "initialize"], posted
+            # The probe got a JSON-RPC error at once, as a 200 without a session.
+            [(status, headers)] = http.posts("server/discover")
+            assert status == 200 and "mcp-session-id" not in headers
+
+    run(body())
