@@ -1125,17 +1125,41 @@ fn a_second_get_stream_is_409_until_the_first_one_ends() {
 }
 
 #[test]
-fn a_last_event_id_is_refused_with_404_and_the_session_stays_usable() {
+fn a_finished_answer_stream_resumes_after_its_last_event_id_with_no_gap_or_duplicate() {
     let server = TestServer::start();
     let session = initialize(server.addr);
-    // An id of a countdown stream this session really had.
+    let mut sse = post_stream(
+        server.addr,
+        &session,
+        &countdown(json!(1), 3, 5, Some(json!(1))),
+    );
+    let messages = read_answer(&mut sse);
+    assert_eq!(messages.len(), 4, "three progress steps and the answer");
+    // Resuming after the first event gives exactly the three after it, then the stream ends.
+    let mut resumed = try_get_stream(server.addr, &session, &[("Last-Event-ID", &messages[0].id)])
+        .unwrap_or_else(|r| panic!("resume refused: {r:?}"));
+    let replayed = read_answer(&mut resumed);
+    let ids: Vec<&str> = replayed.iter().map(|m| m.id.as_str()).collect();
+    let want: Vec<&str> = messages[1..].iter().map(|m| m.id.as_str()).collect();
+    assert_eq!(ids, want);
+    // Resuming after the last gives nothing more.
+    let mut empty = try_get_stream(server.addr, &session, &[("Last-Event-ID", &messages[3].id)])
+        .unwrap_or_else(|r| panic!("resume refused: {r:?}"));
+    assert!(read_answer(&mut empty).is_empty());
+}
+
+#[test]
+fn an_unknown_last_event_id_is_refused_with_404_and_the_session_stays_usable() {
+    let server = TestServer::start();
+    let session = initialize(server.addr);
     let mut sse = post_stream(
         server.addr,
         &session,
         &countdown(json!(1), 2, 5, Some(json!(1))),
     );
-    let messages = read_answer(&mut sse);
-    for last in [messages[0].id.as_str(), "1-1", "nonsense"] {
+    read_answer(&mut sse);
+    // Another stream number, a position past the end, garbage.
+    for last in ["9-1", "1-99", "nonsense"] {
         let r = try_get_stream(server.addr, &session, &[("Last-Event-ID", last)])
             .err()
             .expect("refused");
@@ -1144,6 +1168,27 @@ fn a_last_event_id_is_refused_with_404_and_the_session_stays_usable() {
     assert_eq!(result_of_ping(server.addr, &session), json!({}));
     // The refused GETs did not take the session's stream slot.
     let _stream = get_stream(server.addr, &session);
+}
+
+#[test]
+fn a_countdown_whose_connection_drops_goes_on_and_is_resumed_without_loss() {
+    let server = TestServer::start();
+    let session = initialize(server.addr);
+    let mut sse = post_stream(
+        server.addr,
+        &session,
+        &countdown(json!("r"), 6, 50, Some(json!("t"))),
+    );
+    let opening = sse.next_block();
+    assert_eq!(opening.retry, Some(3000));
+    let first = stream_message(&sse.next_block());
+    drop(sse);
+    let mut resumed = try_get_stream(server.addr, &session, &[("Last-Event-ID", &first.id)])
+        .unwrap_or_else(|r| panic!("resume refused: {r:?}"));
+    let rest = read_answer(&mut resumed);
+    let mut all = vec![first];
+    all.extend(rest);
+    assert_countdown(&all, &json!("r"), 6, Some(&json!("t")));
 }
 
 #[test]

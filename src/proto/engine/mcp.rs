@@ -36,6 +36,10 @@ const RESOURCE_PREFIX: &str = "stream://topics/";
 const MAX_COUNTDOWN: u64 = 10_000;
 /// The most topics one session may watch.
 const MAX_WATCHED: usize = 256;
+/// The messages a stream keeps for a client that resumes it.
+const MAX_KEPT: usize = 64;
+/// The finished streams a session keeps for resumption.
+const MAX_LOGS: usize = 8;
 
 /// Every MCP session.
 #[derive(Debug, Default)]
@@ -65,34 +69,65 @@ struct Call {
     generation: u32,
     countdown: Countdown,
     session: Box<str>,
-    stream: ConnId,
+    target: Target,
     timer: TimerSlot,
+}
+
+/// Where a call's messages go.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Target {
+    /// A stream of the call's session, by number: kept for resumption, sent when attached.
+    Stream(u64),
+    /// A WebSocket carrying the session.
+    Socket(ConnId),
 }
 
 #[derive(Debug)]
 struct Session {
-    /// Its server-to-client stream (`GET`, or the legacy `GET /sse`), if open.
-    listener: Option<ConnId>,
-    /// Whether it lives on one connection (legacy HTTP+SSE, WebSocket) and ends with it.
-    legacy: bool,
+    /// The connection it lives on (legacy HTTP+SSE, WebSocket); it ends with that.
+    bound: Option<ConnId>,
+    /// The number of its server-to-client stream (`GET`, or the legacy stream).
+    listener: Option<u64>,
     /// Streamed calls in progress.
     calls_open: usize,
     /// SSE streams opened so far, to number their event ids.
     streams_made: u64,
+    /// What its SSE streams sent, for resumption, by stream number.
+    logs: BTreeMap<u64, StreamLog>,
     watching: Vec<Box<str>>,
     idle_key: (Instant, u64),
 }
 
-/// An MCP SSE stream on a connection.
+impl Session {
+    /// Whether something still uses it: a stream, a call, its connection.
+    fn busy(&self) -> bool {
+        self.bound.is_some()
+            || self.calls_open > 0
+            || self.logs.values().any(|l| l.attached.is_some())
+    }
+}
+
+/// An SSE stream of a session, kept so that a client whose connection dropped can resume it
+/// with `Last-Event-ID`.
+#[derive(Debug)]
+struct StreamLog {
+    kind: StreamKind,
+    /// Messages sent so far; the last is event `<number>-<sent>`.
+    sent: u64,
+    /// The last [`MAX_KEPT`] messages, with their numbers.
+    kept: std::collections::VecDeque<(u64, Box<str>)>,
+    /// The connection it is on now, if any.
+    attached: Option<ConnId>,
+    /// Calls whose messages it carries.
+    calls_open: usize,
+}
+
+/// An MCP SSE stream on a connection: which stream of which session.
 #[derive(Debug)]
 pub(super) struct McpStream {
     session: Box<str>,
     /// Its number in the session; event ids are `<number>-<n>`.
     number: u64,
-    sent: u64,
-    kind: StreamKind,
-    /// Calls whose messages it carries.
-    calls_open: usize,
 }
 
 /// What an MCP stream is for.
@@ -279,7 +314,8 @@ impl Engine {
                     }
                     Answer::Countdown(countdown) => {
                         self.mcp_open_stream(now, id, &session, StreamKind::Answer);
-                        self.mcp_start_call(now, &session, id, countdown);
+                        let target = self.target_of(id);
+                        self.mcp_start_call(now, &session, target, countdown);
                         None
                     }
                 }
@@ -336,7 +372,7 @@ impl Engine {
             .find(|v| **v == asked)
             .copied()
             .unwrap_or(PROTOCOL_VERSIONS[0]);
-        let Some(session) = self.mcp_new_session(now, false) else {
+        let Some(session) = self.mcp_new_session(now) else {
             return http::error_response(
                 503,
                 "no random source for a session id",
@@ -350,7 +386,7 @@ impl Engine {
     }
 
     /// A new session with a fresh id; `None` when no random bytes could be had.
-    fn mcp_new_session(&mut self, now: Instant, legacy: bool) -> Option<String> {
+    fn mcp_new_session(&mut self, now: Instant) -> Option<String> {
         let mut bytes = [0u8; 16];
         if !(self.random.0)(&mut bytes) {
             return None;
@@ -362,10 +398,11 @@ impl Engine {
         self.mcp.sessions.insert(
             session.clone().into(),
             Session {
+                bound: None,
                 listener: None,
-                legacy,
                 calls_open: 0,
                 streams_made: 0,
+                logs: BTreeMap::new(),
                 watching: Vec::new(),
                 idle_key,
             },
@@ -379,9 +416,9 @@ impl Engine {
         if self.mcp.sessions.len() >= self.config.max_connections {
             return None;
         }
-        let session = self.mcp_new_session(now, true)?;
+        let session = self.mcp_new_session(now)?;
         if let Some(s) = self.mcp.sessions.get_mut(session.as_str()) {
-            s.listener = Some(id);
+            s.bound = Some(id);
         }
         Some(session)
     }
@@ -427,7 +464,8 @@ impl Engine {
                     match self.mcp_answer(now, session, &rpc_id, &method, &params, token) {
                         Answer::Now(response) => self.mcp_send(stream, &response),
                         Answer::Countdown(countdown) => {
-                            self.mcp_start_call(now, session, stream, countdown)
+                            let target = self.target_of(stream);
+                            self.mcp_start_call(now, session, target, countdown)
                         }
                     }
                 }
@@ -458,11 +496,12 @@ impl Engine {
                 keep_alive,
             )
         } else {
-            match self.mcp_new_session(now, true) {
+            match self.mcp_new_session(now) {
                 Some(session) => {
-                    self.mcp_open_stream(now, id, &session, StreamKind::Legacy);
+                    let number = self.mcp_open_stream(now, id, &session, StreamKind::Legacy);
                     if let Some(s) = self.mcp.sessions.get_mut(session.as_str()) {
-                        s.listener = Some(id);
+                        s.bound = Some(id);
+                        s.listener = number;
                     }
                     let endpoint =
                         format!("event: endpoint\ndata: /messages?sessionId={session}\n\n");
@@ -505,8 +544,8 @@ impl Engine {
                         .mcp
                         .sessions
                         .get(session.as_str())
-                        .filter(|s| s.legacy)
-                        .and_then(|s| s.listener);
+                        .filter(|s| s.listener.is_some())
+                        .and_then(|s| s.bound);
                     match stream {
                         None => refuse(404, "unknown session"),
                         Some(stream) => {
@@ -725,7 +764,8 @@ impl Engine {
         }
     }
 
-    /// `GET`: the session's server-to-client stream. `None` when the connection became it.
+    /// `GET`: the session's server-to-client stream, or with `Last-Event-ID` a stream of the
+    /// session resumed after that event. `None` when the connection became the stream.
     fn mcp_get(&mut self, now: Instant, id: ConnId, request: &Request) -> Option<Vec<u8>> {
         let keep_alive = request.keep_alive();
         let refuse =
@@ -739,21 +779,54 @@ impl Engine {
         if let Err(response) = self.mcp_session_check(now, request, &session) {
             return Some(response);
         }
-        if request.header("last-event-id").is_some() {
-            // Streams are not kept for replay (yet): say so rather than pretend.
-            return refuse(404, "unknown Last-Event-ID: this stream cannot be resumed");
+        let s = self.mcp.sessions.get(session.as_str())?;
+        if let Some(last) = request.header("last-event-id") {
+            let cursor = last
+                .trim()
+                .split_once('-')
+                .and_then(|(n, k)| Some((n.parse::<u64>().ok()?, k.parse::<u64>().ok()?)));
+            let Some((number, after)) = cursor else {
+                return refuse(404, "unknown Last-Event-ID");
+            };
+            let Some(log) = s.logs.get(&number).filter(|l| l.kind != StreamKind::Legacy) else {
+                return refuse(404, "unknown Last-Event-ID: no such stream in this session");
+            };
+            if log.attached.is_some() {
+                return refuse(409, "that stream is open on another connection");
+            }
+            let oldest = log.sent - log.kept.len() as u64;
+            if after > log.sent || after < oldest {
+                return refuse(
+                    404,
+                    "cannot resume from that Last-Event-ID: its events are gone",
+                );
+            }
+            let replay: Vec<(u64, Box<str>)> = log
+                .kept
+                .iter()
+                .filter(|(k, _)| *k > after)
+                .cloned()
+                .collect();
+            let finished = log.kind == StreamKind::Answer && log.calls_open == 0;
+            self.mcp_attach(now, id, &session, number);
+            for (k, text) in replay {
+                self.mcp_write(id, &format!("{number}-{k}"), &text);
+            }
+            if finished {
+                self.start_closing(now, id);
+            }
+            return None;
         }
-        if self
-            .mcp
-            .sessions
-            .get(session.as_str())
-            .is_some_and(|s| s.listener.is_some())
-        {
+        let listening = s
+            .listener
+            .and_then(|n| s.logs.get(&n))
+            .is_some_and(|l| l.attached.is_some());
+        if listening {
             return refuse(409, "this session already has a GET stream");
         }
-        self.mcp_open_stream(now, id, &session, StreamKind::Listener);
+        let number = self.mcp_open_stream(now, id, &session, StreamKind::Listener);
         if let Some(s) = self.mcp.sessions.get_mut(session.as_str()) {
-            s.listener = Some(id);
+            s.listener = number;
         }
         None
     }
@@ -772,28 +845,74 @@ impl Engine {
 
     /// Ends a session: its streams close, its subscriptions go.
     fn mcp_end(&mut self, now: Instant, session: &str) {
-        if let Some(listener) = self.mcp_forget_session(session) {
-            self.start_closing(now, listener);
+        for stream in self.mcp_forget_session(session) {
+            self.start_closing(now, stream);
         }
     }
 
-    /// Removes a session and its subscriptions; returns its stream, if one is open.
-    pub(super) fn mcp_forget_session(&mut self, session: &str) -> Option<ConnId> {
-        let s = self.mcp.sessions.remove(session)?;
+    /// Removes a session and its subscriptions; returns the connections its streams are on.
+    pub(super) fn mcp_forget_session(&mut self, session: &str) -> Vec<ConnId> {
+        let Some(s) = self.mcp.sessions.remove(session) else {
+            return Vec::new();
+        };
         self.mcp.idle.remove(&s.idle_key);
         for topic in &s.watching {
             self.unwatch_topic(session, topic);
         }
-        s.listener
+        s.logs.values().filter_map(|l| l.attached).collect()
     }
 
-    /// Turns `id` into an MCP SSE stream of `session`.
-    fn mcp_open_stream(&mut self, now: Instant, id: ConnId, session: &str, kind: StreamKind) {
-        let Some(s) = self.mcp.sessions.get_mut(session) else {
-            return;
-        };
+    /// Turns `id` into a new MCP SSE stream of `session`; returns its number.
+    fn mcp_open_stream(
+        &mut self,
+        now: Instant,
+        id: ConnId,
+        session: &str,
+        kind: StreamKind,
+    ) -> Option<u64> {
+        let s = self.mcp.sessions.get_mut(session)?;
         s.streams_made += 1;
         let number = s.streams_made;
+        s.logs.insert(
+            number,
+            StreamLog {
+                kind,
+                sent: 0,
+                kept: Default::default(),
+                attached: None,
+                calls_open: 0,
+            },
+        );
+        // Finished streams beyond the few kept for resumption go, oldest first.
+        while s.logs.len() > MAX_LOGS {
+            let idle = s
+                .logs
+                .iter()
+                .find(|(_, l)| l.attached.is_none() && l.calls_open == 0)
+                .map(|(n, _)| *n);
+            match idle {
+                Some(n) => {
+                    s.logs.remove(&n);
+                }
+                None => break,
+            }
+        }
+        self.mcp_attach(now, id, session, number);
+        Some(number)
+    }
+
+    /// Puts stream `number` of `session` on connection `id`: the response head, `retry:`, and
+    /// from now on what the stream sends.
+    fn mcp_attach(&mut self, now: Instant, id: ConnId, session: &str, number: u64) {
+        let Some(log) = self
+            .mcp
+            .sessions
+            .get_mut(session)
+            .and_then(|s| s.logs.get_mut(&number))
+        else {
+            return;
+        };
+        log.attached = Some(id);
         let retry = self.config.sse.retry_ms;
         let heartbeat = self.config.sse.heartbeat();
         let Some(conn) = self.conn_mut(id) else {
@@ -807,21 +926,18 @@ impl Engine {
         conn.phase = Phase::Mcp(Box::new(McpStream {
             session: session.into(),
             number,
-            sent: 0,
-            kind,
-            calls_open: 0,
         }));
         self.counters.mcp_streams += 1;
         self.set_deadline(id, now.checked_add(heartbeat));
         self.want_write(id);
     }
 
-    /// Starts a streamed call of `session` whose messages go on `stream`.
+    /// Starts a streamed call of `session` whose messages go to `target`.
     fn mcp_start_call(
         &mut self,
         now: Instant,
         session: &str,
-        stream: ConnId,
+        target: Target,
         countdown: Countdown,
     ) {
         let every = countdown.every;
@@ -831,7 +947,7 @@ impl Engine {
             generation,
             countdown,
             session: session.into(),
-            stream,
+            target,
             timer: TimerSlot::default(),
         });
         let call = CallId {
@@ -843,9 +959,19 @@ impl Engine {
             .set(&mut mcp.calls[index].timer, call, now.checked_add(every));
         if let Some(s) = mcp.sessions.get_mut(session) {
             s.calls_open += 1;
+            if let Target::Stream(number) = target {
+                if let Some(log) = s.logs.get_mut(&number) {
+                    log.calls_open += 1;
+                }
+            }
         }
-        if let Some(Phase::Mcp(s)) = self.conn_mut(stream).map(|c| &mut c.phase) {
-            s.calls_open += 1;
+    }
+
+    /// Where the messages of a call asked for on connection `id` go.
+    fn target_of(&self, id: ConnId) -> Target {
+        match self.conn(id).map(|c| &c.phase) {
+            Some(Phase::Mcp(stream)) => Target::Stream(stream.number),
+            _ => Target::Socket(id),
         }
     }
 
@@ -871,11 +997,12 @@ impl Engine {
         }
     }
 
-    /// One step of a countdown: a progress notification, or at the end the answer.
+    /// One step of a countdown: a progress notification, or at the end the answer. A call
+    /// whose stream is detached goes on: its messages are kept for a client that resumes.
     fn mcp_call_step(&mut self, now: Instant, call: CallId) {
         let index = call.index as usize;
         let c = &mut self.mcp.calls[index];
-        let stream = c.stream;
+        let (target, session) = (c.target, c.session.clone());
         let countdown = &mut c.countdown;
         countdown.done += 1;
         let (done, total, every) = (countdown.done, countdown.total, countdown.every);
@@ -892,15 +1019,17 @@ impl Engine {
                 json!({"content": [{"type": "text", "text": "done"}], "isError": false}),
             ))
         };
-        let stream_open = match self.conn(stream).map(|c| &c.phase) {
-            Some(Phase::Mcp(_)) => true,
-            Some(Phase::Ws(socket)) => socket.mcp_session.is_some(),
-            _ => false,
+        let alive = match target {
+            Target::Stream(_) => self.mcp.sessions.contains_key(&session),
+            Target::Socket(socket) => self.mcp_socket_open(socket),
         };
-        if let (true, Some(message)) = (stream_open, message) {
-            self.mcp_send(stream, &message);
+        if let (true, Some(message)) = (alive, message) {
+            match target {
+                Target::Stream(number) => self.mcp_emit(&session, number, &message),
+                Target::Socket(socket) => self.ws_reply(socket, &message),
+            }
         }
-        if done <= total && stream_open {
+        if done <= total && alive {
             // The answer comes one interval after the last progress step, never in the same
             // write (PITFALLS: one SDK drops a progress notification read with the answer).
             let mcp = &mut self.mcp;
@@ -908,40 +1037,80 @@ impl Engine {
                 .set(&mut mcp.calls[index].timer, call, now.checked_add(every));
             return;
         }
-        // Finished, or its stream is gone.
+        // Finished, or nobody is left to hear it.
         self.mcp_finish_call(now, index);
+    }
+
+    /// Whether `id` is a WebSocket carrying MCP.
+    fn mcp_socket_open(&self, id: ConnId) -> bool {
+        matches!(self.conn(id).map(|c| &c.phase), Some(Phase::Ws(socket)) if socket.mcp_session.is_some())
     }
 
     /// Removes the call at `index`; an answer stream left with no call ends.
     fn mcp_finish_call(&mut self, now: Instant, index: usize) {
         let c = self.mcp.calls.remove(index);
-        if let Some(s) = self.mcp.sessions.get_mut(&c.session) {
-            s.calls_open = s.calls_open.saturating_sub(1);
-        }
-        let Some(Phase::Mcp(s)) = self.conn_mut(c.stream).map(|c| &mut c.phase) else {
+        let Some(s) = self.mcp.sessions.get_mut(&c.session) else {
             return;
         };
         s.calls_open = s.calls_open.saturating_sub(1);
-        if s.kind == StreamKind::Answer && s.calls_open == 0 {
-            self.start_closing(now, c.stream);
+        let Target::Stream(number) = c.target else {
+            return;
+        };
+        let Some(log) = s.logs.get_mut(&number) else {
+            return;
+        };
+        log.calls_open = log.calls_open.saturating_sub(1);
+        if log.kind == StreamKind::Answer && log.calls_open == 0 {
+            if let Some(stream) = log.attached {
+                self.start_closing(now, stream);
+            }
         }
     }
 
     /// Sends one JSON-RPC message on `id`: an MCP SSE stream, or a WebSocket carrying MCP.
     fn mcp_send(&mut self, id: ConnId, message: &Value) {
+        match self.conn(id).map(|c| &c.phase) {
+            Some(Phase::Mcp(stream)) => {
+                let (session, number) = (stream.session.clone(), stream.number);
+                self.mcp_emit(&session, number, message);
+            }
+            Some(Phase::Ws(socket)) if socket.mcp_session.is_some() => self.ws_reply(id, message),
+            _ => {}
+        }
+    }
+
+    /// Sends one message on stream `number` of `session`: numbered, kept for resumption, and
+    /// written if the stream is on a connection now.
+    fn mcp_emit(&mut self, session: &str, number: u64, message: &Value) {
+        let Some(log) = self
+            .mcp
+            .sessions
+            .get_mut(session)
+            .and_then(|s| s.logs.get_mut(&number))
+        else {
+            return;
+        };
+        log.sent += 1;
+        let text: Box<str> = message.to_string().into();
+        if log.kept.len() == MAX_KEPT {
+            log.kept.pop_front();
+        }
+        log.kept.push_back((log.sent, text.clone()));
+        let (sent, attached) = (log.sent, log.attached);
+        if let Some(id) = attached {
+            self.mcp_write(id, &format!("{number}-{sent}"), &text);
+        }
+    }
+
+    /// Writes one event on connection `id`; a client that does not read is cut off once its
+    /// queue passes the bound (its stream can be resumed).
+    fn mcp_write(&mut self, id: ConnId, event_id: &str, text: &str) {
         let limit = self.config.backpressure.max_queue_bytes;
         let Some(conn) = self.conn_mut(id) else {
             return;
         };
-        let stream = match &mut conn.phase {
-            Phase::Mcp(stream) => stream,
-            Phase::Ws(socket) if socket.mcp_session.is_some() => return self.ws_reply(id, message),
-            _ => return,
-        };
-        stream.sent += 1;
-        let event_id = format!("{}-{}", stream.number, stream.sent);
-        let block = sse::event_block(&event_id, "message", &message.to_string());
-        conn.out.push_owned(block);
+        conn.out
+            .push_owned(sse::event_block(event_id, "message", text));
         if conn.out.len() > limit {
             self.counters.slow_consumers_disconnected += 1;
             return self.close(id);
@@ -962,36 +1131,51 @@ impl Engine {
         self.set_deadline(id, now.checked_add(heartbeat));
     }
 
-    /// An MCP stream ended: the session forgets it.
+    /// An MCP stream left its connection: the session keeps it for resumption (a legacy
+    /// session ends with its stream).
     pub(super) fn mcp_release(&mut self, id: ConnId, stream: McpStream) {
         self.counters.mcp_streams -= 1;
-        if stream.kind == StreamKind::Legacy {
-            // A legacy session lives as long as its stream.
+        let Some(s) = self.mcp.sessions.get_mut(&stream.session) else {
+            return;
+        };
+        if s.bound == Some(id) {
             self.mcp_forget_session(&stream.session);
             return;
         }
-        if let Some(s) = self.mcp.sessions.get_mut(&stream.session) {
-            if s.listener == Some(id) {
-                s.listener = None;
+        if let Some(log) = s.logs.get_mut(&stream.number) {
+            if log.attached == Some(id) {
+                log.attached = None;
             }
         }
     }
 
-    /// Tells the sessions watching `topic` that it changed.
+    /// Tells the sessions watching `topic` that it changed, on their server-to-client stream
+    /// (kept for resumption while it is detached) or their WebSocket.
     pub(super) fn mcp_topic_updated(&mut self, topic: &str) {
         let Some(sessions) = self.mcp.watchers.get(topic) else {
             return;
         };
-        let listeners: Vec<ConnId> = sessions
+        let targets: Vec<(Box<str>, Target)> = sessions
             .iter()
-            .filter_map(|s| self.mcp.sessions.get(s).and_then(|s| s.listener))
+            .filter_map(|name| {
+                let s = self.mcp.sessions.get(name)?;
+                let target = match (s.listener, s.bound) {
+                    (Some(number), _) => Target::Stream(number),
+                    (None, Some(socket)) => Target::Socket(socket),
+                    (None, None) => return None,
+                };
+                Some((name.clone(), target))
+            })
             .collect();
         let message = jsonrpc::notification(
             "notifications/resources/updated",
             json!({"uri": format!("{RESOURCE_PREFIX}{topic}")}),
         );
-        for listener in listeners {
-            self.mcp_send(listener, &message);
+        for (session, target) in targets {
+            match target {
+                Target::Stream(number) => self.mcp_emit(&session, number, &message),
+                Target::Socket(socket) => self.ws_reply(socket, &message),
+            }
         }
     }
 
@@ -1055,11 +1239,7 @@ impl Engine {
                 return;
             }
             let session = session.clone();
-            let busy = self
-                .mcp
-                .sessions
-                .get(&session)
-                .is_some_and(|s| s.listener.is_some() || s.calls_open > 0);
+            let busy = self.mcp.sessions.get(&session).is_some_and(Session::busy);
             if busy {
                 self.mcp_touch(now, &session);
             } else {
