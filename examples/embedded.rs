@@ -2,17 +2,20 @@
 //!
 //! The host owns the `Poll`. It serves its own socket (a UDP echo on token 0), publishes a
 //! `tick` event from its own code once a second, and lets another thread publish through a
-//! `Publisher` (the host chose to give the server a waker, on token 101). The server gets tokens
-//! 100 and up; everything else is the host's.
+//! `Publisher` (the host chose to give the server a waker, on token 101). It also adds an MCP
+//! tool, `wait {ms}`, that answers later: the host keeps the call and finishes it from its own
+//! loop when the time has come, reporting progress first. The server gets tokens 100 and up;
+//! everything else is the host's.
 //!
 //! Run it with `cargo run --example embedded`, then
 //! `curl -N 'http://127.0.0.1:8080/stream/sse?topic=ticks,jobs'` and `nc -u 127.0.0.1 9000`.
 
 use std::io;
 use std::net::SocketAddr;
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use mcp_stream::{config::Config, Server, TokenRange};
+use mcp_stream::{config::Config, CallId, Server, TokenRange, Tool, ToolReply};
 use mio::net::UdpSocket;
 use mio::{Events, Interest, Poll, Token};
 
@@ -33,6 +36,10 @@ pub struct Host {
     tick_every: Duration,
     next_tick: Instant,
     ticks: u64,
+    /// Calls of the `wait` tool, as the handler hands them over.
+    waits: mpsc::Receiver<(CallId, Duration)>,
+    /// Those calls with the time they finish.
+    pending: Vec<(CallId, Instant)>,
 }
 
 impl Host {
@@ -45,6 +52,27 @@ impl Host {
         let mut echo = UdpSocket::bind(udp)?;
         poll.registry()
             .register(&mut echo, ECHO, Interest::READABLE)?;
+        // The handler runs on this loop's thread: it only records the call and answers later.
+        let (sender, waits) = mpsc::channel();
+        let wait = Tool {
+            name: "wait".into(),
+            description: "Answers after ms milliseconds, with one progress report".into(),
+            input_schema: serde_json::json!({
+                "type": "object",
+                "properties": {"ms": {"type": "integer", "minimum": 0}},
+                "required": ["ms"],
+            }),
+            handler: Box::new(move |call, arguments| {
+                let Some(ms) = arguments.get("ms").and_then(serde_json::Value::as_u64) else {
+                    return ToolReply::Done(Err("wait needs ms, a whole number".into()));
+                };
+                let _ = sender.send((call, Duration::from_millis(ms)));
+                ToolReply::Later
+            }),
+        };
+        server
+            .add_tool(wait)
+            .map_err(|_| io::Error::other("the tool name is taken"))?;
         Ok(Host {
             poll,
             events: Events::with_capacity(256),
@@ -53,6 +81,8 @@ impl Host {
             tick_every,
             next_tick: Instant::now() + tick_every,
             ticks: 0,
+            waits,
+            pending: Vec::new(),
         })
     }
 
@@ -65,7 +95,9 @@ impl Host {
     /// deadlines, then hand each event to its owner.
     pub fn turn(&mut self) -> io::Result<()> {
         let now = Instant::now();
-        let host_wait = self.next_tick.saturating_duration_since(now);
+        let next_finish = self.pending.iter().map(|(_, at)| *at).min();
+        let host_deadline = next_finish.map_or(self.next_tick, |at| at.min(self.next_tick));
+        let host_wait = host_deadline.saturating_duration_since(now);
         let timeout = self
             .server
             .poll_timeout(now)
@@ -91,7 +123,21 @@ impl Host {
             self.next_tick = now + self.tick_every;
         }
         self.server.on_timeout(Instant::now());
+        self.finish_waits(Instant::now());
         Ok(())
+    }
+
+    /// Takes new `wait` calls and finishes those whose time has come.
+    fn finish_waits(&mut self, now: Instant) {
+        while let Ok((call, after)) = self.waits.try_recv() {
+            self.pending.push((call, now + after));
+        }
+        let (due, later): (Vec<_>, Vec<_>) = self.pending.drain(..).partition(|(_, at)| *at <= now);
+        self.pending = later;
+        for (call, _) in due {
+            self.server.tool_progress(now, call, 1.0, Some(1.0));
+            self.server.tool_finish(now, call, Ok("waited".into()));
+        }
     }
 }
 

@@ -74,3 +74,4 @@ pub mod features;
 pub mod proto;
 
 pub use driver::{Publisher, PublisherError, Server, TokenRange};
+pub use proto::engine::{CallId, Tool, ToolHandler, ToolReply};

@@ -155,3 +155,64 @@ fn invalid_publications_are_refused_on_the_calling_thread() {
         .try_publish("fine", Some("x"), serde_json::Value::Null)
         .is_ok());
 }
+
+/// Sends one MCP POST and returns the whole response (the connection is closed after it).
+fn mcp_post(addr: SocketAddr, session: Option<&str>, body: &str) -> String {
+    let mut http = TcpStream::connect(addr).unwrap();
+    http.set_read_timeout(Some(WAIT)).unwrap();
+    let session = session.map_or(String::new(), |s| format!("Mcp-Session-Id: {s}\r\n"));
+    write!(
+        http,
+        "POST /mcp HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAccept: application/json, text/event-stream\r\n{session}Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut response = String::new();
+    http.read_to_string(&mut response).unwrap();
+    response
+}
+
+#[test]
+fn a_tool_of_the_host_answers_later_with_progress() {
+    let host = start_host();
+    let init = mcp_post(
+        host.http,
+        None,
+        r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18"}}"#,
+    );
+    let session = init
+        .lines()
+        .find_map(|l| l.strip_prefix("Mcp-Session-Id: "))
+        .expect("a session id")
+        .trim()
+        .to_string();
+    let tools = mcp_post(
+        host.http,
+        Some(&session),
+        r#"{"jsonrpc":"2.0","id":2,"method":"tools/list"}"#,
+    );
+    assert!(tools.contains(r#""name":"wait""#), "{tools}");
+    let call = mcp_post(
+        host.http,
+        Some(&session),
+        r#"{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"wait","arguments":{"ms":30},"_meta":{"progressToken":"w"}}}"#,
+    );
+    assert!(call.contains("Content-Type: text/event-stream"), "{call}");
+    let progress = call
+        .find(r#""method":"notifications/progress","params":{"progressToken":"w","progress":1.0,"total":1.0}"#)
+        .expect("a progress report");
+    let answer = call
+        .find(r#""id":3,"result":{"content":[{"type":"text","text":"waited"}],"isError":false}"#)
+        .expect("the answer");
+    assert!(progress < answer);
+    // A bad argument is answered at once, as an error result.
+    let bad = mcp_post(
+        host.http,
+        Some(&session),
+        r#"{"jsonrpc":"2.0","id":4,"method":"tools/call","params":{"name":"wait","arguments":{}}}"#,
+    );
+    assert!(
+        bad.contains(r#""isError":true"#) && bad.contains("application/json"),
+        "{bad}"
+    );
+}

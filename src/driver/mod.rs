@@ -22,7 +22,7 @@ use mio::{Events, Interest, Poll, Registry, Token, Waker};
 
 use crate::config::Config;
 use crate::features::Feature;
-use crate::proto::engine::{Action, Counters, Drained, Engine, RandomSource};
+use crate::proto::engine::{Action, CallId, Counters, Drained, Engine, RandomSource, Tool};
 use crate::proto::hub::{self, EventId, HubError};
 use crate::proto::ConnId;
 
@@ -339,6 +339,40 @@ impl Server {
         let id = self.engine.publish(now, topic, event, data);
         self.process_actions(now);
         id
+    }
+
+    /// Adds an MCP tool of the embedder, served beside the built-in ones on every MCP
+    /// transport. Its handler runs on the loop's thread and must not block: it answers at once
+    /// or returns [`ToolReply::Later`](crate::ToolReply::Later) and the host calls [`Server::tool_progress`] and
+    /// [`Server::tool_finish`] later. A tool whose name is taken is handed back.
+    pub fn add_tool(&mut self, tool: Tool) -> Result<(), Box<Tool>> {
+        self.engine.add_tool(tool)
+    }
+
+    /// Reports progress of a tool call that answers later; returns whether it still runs.
+    pub fn tool_progress(
+        &mut self,
+        now: Instant,
+        call: CallId,
+        progress: f64,
+        total: Option<f64>,
+    ) -> bool {
+        let running = self.engine.tool_progress(call, progress, total);
+        self.process_actions(now);
+        running
+    }
+
+    /// Finishes a tool call that answers later, with text content or an error text; returns
+    /// whether it was still running (a cancelled call is gone).
+    pub fn tool_finish(
+        &mut self,
+        now: Instant,
+        call: CallId,
+        result: Result<String, String>,
+    ) -> bool {
+        let running = self.engine.tool_finish(now, call, result);
+        self.process_actions(now);
+        running
     }
 
     /// Turns a feature on or off at once (see the contract's feature toggles).

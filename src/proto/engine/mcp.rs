@@ -50,27 +50,78 @@ pub(super) struct Mcp {
     /// Sessions by last use, oldest first: the reaping order.
     idle: BTreeMap<(Instant, u64), Box<str>>,
     uses: u64,
-    /// Streamed tool calls in progress.
+    /// Tool calls answered later.
     calls: Slab<Call>,
+    /// Tools added by the embedder.
+    tools: Vec<Tool>,
     call_timers: Timers<CallId>,
     call_generation: u32,
 }
 
-/// A call's handle: slot and generation, like a connection's.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub(super) struct CallId {
+/// A tool call in progress: what an embedder's tool gets to report progress and finish with
+/// (slot and generation, like a connection's, so a stale handle never reaches another call).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct CallId {
     index: u32,
     generation: u32,
 }
 
-/// A streamed tool call: a countdown sending its steps on a stream.
+/// A tool call answered later: a countdown, or an embedder's tool that has not finished.
 #[derive(Debug)]
 struct Call {
     generation: u32,
-    countdown: Countdown,
+    /// The JSON-RPC id of the request.
+    request: Value,
+    /// The progress token, if the client asked for progress.
+    token: Option<Value>,
+    kind: CallKind,
     session: Box<str>,
-    target: Target,
+    /// Where its messages go; `None` until the transport has decided.
+    target: Option<Target>,
     timer: TimerSlot,
+}
+
+#[derive(Debug)]
+enum CallKind {
+    /// `countdown`: `done` of `total` steps, `every` apart.
+    Countdown {
+        done: u64,
+        total: u64,
+        every: Duration,
+    },
+    /// A tool of the embedder, which reports progress and finishes through the server.
+    Embedded,
+}
+
+/// A tool's handler: called with the call's handle and its arguments.
+pub type ToolHandler = dyn FnMut(CallId, &Value) -> ToolReply + Send;
+
+/// A tool an embedder adds: its `tools/list` entry and its handler.
+pub struct Tool {
+    /// Its name (not one of the built-in tools).
+    pub name: String,
+    /// What it does, for clients.
+    pub description: String,
+    /// The JSON Schema of its arguments.
+    pub input_schema: Value,
+    /// Called on the loop's thread with the call's handle and arguments. It must not block:
+    /// it answers at once, or returns [`ToolReply::Later`] and finishes the call afterwards.
+    pub handler: Box<ToolHandler>,
+}
+
+impl std::fmt::Debug for Tool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tool").field("name", &self.name).finish()
+    }
+}
+
+/// What a tool's handler answers.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ToolReply {
+    /// The result now: text content, or an error text (a result with `isError`).
+    Done(Result<String, String>),
+    /// The result comes later, through progress reports and a finish on the call's handle.
+    Later,
 }
 
 /// Where a call's messages go.
@@ -141,22 +192,12 @@ enum StreamKind {
     Legacy,
 }
 
-/// A `countdown` in progress.
-#[derive(Debug)]
-pub(super) struct Countdown {
-    request: Value,
-    token: Option<Value>,
-    done: u64,
-    total: u64,
-    every: Duration,
-}
-
 /// What a request is answered with.
 enum Answer {
     /// The response, at once.
     Now(Value),
-    /// A countdown, streamed.
-    Countdown(Countdown),
+    /// A call that answers later; its transport decides where its messages go.
+    Later(CallId),
 }
 
 impl Engine {
@@ -312,10 +353,10 @@ impl Engine {
                         self.start_closing(now, id);
                         None
                     }
-                    Answer::Countdown(countdown) => {
+                    Answer::Later(call) => {
                         self.mcp_open_stream(now, id, &session, StreamKind::Answer);
                         let target = self.target_of(id);
-                        self.mcp_start_call(now, &session, target, countdown);
+                        self.mcp_bind_call(now, call, target);
                         None
                     }
                 }
@@ -463,9 +504,9 @@ impl Engine {
                     let token = progress_token(&params);
                     match self.mcp_answer(now, session, &rpc_id, &method, &params, token) {
                         Answer::Now(response) => self.mcp_send(stream, &response),
-                        Answer::Countdown(countdown) => {
+                        Answer::Later(call) => {
                             let target = self.target_of(stream);
-                            self.mcp_start_call(now, session, target, countdown)
+                            self.mcp_bind_call(now, call, target)
                         }
                     }
                 }
@@ -600,7 +641,7 @@ impl Engine {
             .mcp
             .calls
             .iter()
-            .find(|(_, c)| *c.session == *session && c.countdown.request == *request)
+            .find(|(_, c)| *c.session == *session && c.request == *request)
             .map(|(index, _)| index);
         if let Some(index) = found {
             self.mcp_finish_call(now, index);
@@ -622,7 +663,16 @@ impl Engine {
             |code: i64, message: &str| Answer::Now(jsonrpc::error(Some(rpc_id), code, message));
         match method {
             "ping" | "logging/setLevel" => ok(json!({})),
-            "tools/list" => ok(json!({ "tools": tool_list() })),
+            "tools/list" => {
+                let mut tools = match tool_list() {
+                    Value::Array(tools) => tools,
+                    _ => Vec::new(),
+                };
+                tools.extend(self.mcp.tools.iter().map(|t| {
+                    json!({"name": t.name, "description": t.description, "inputSchema": t.input_schema})
+                }));
+                ok(json!({ "tools": tools }))
+            }
             "tools/call" => {
                 let name = params.get("name").and_then(Value::as_str).unwrap_or("");
                 let arguments = params.get("arguments").cloned().unwrap_or(json!({}));
@@ -633,29 +683,37 @@ impl Engine {
                         .and_then(Value::as_u64)
                         .unwrap_or(100);
                     return match n {
-                        Some(n) if n <= MAX_COUNTDOWN => Answer::Countdown(Countdown {
-                            request: rpc_id.clone(),
-                            token,
-                            done: 0,
-                            total: n,
-                            every: Duration::from_millis(every.clamp(1, 60_000)),
-                        }),
+                        Some(n) if n <= MAX_COUNTDOWN => {
+                            let kind = CallKind::Countdown {
+                                done: 0,
+                                total: n,
+                                every: Duration::from_millis(every.clamp(1, 60_000)),
+                            };
+                            Answer::Later(self.mcp_new_call(session, rpc_id, token, kind))
+                        }
                         _ => fail(
                             jsonrpc::INVALID_PARAMS,
                             "countdown needs n, a whole number up to 10000",
                         ),
                     };
                 }
+                if let Some(index) = self.mcp.tools.iter().position(|t| t.name == name) {
+                    let call = self.mcp_new_call(session, rpc_id, token, CallKind::Embedded);
+                    let reply = (self.mcp.tools[index].handler)(call, &arguments);
+                    return match reply {
+                        ToolReply::Later => Answer::Later(call),
+                        ToolReply::Done(result) => {
+                            self.mcp.calls.remove(call.index as usize);
+                            Answer::Now(jsonrpc::result(rpc_id, tool_result(result)))
+                        }
+                    };
+                }
                 match self.call_tool(now, name, &arguments) {
-                    Ok(text) => {
-                        ok(json!({"content": [{"type": "text", "text": text}], "isError": false}))
-                    }
+                    Ok(text) => ok(tool_result(Ok(text))),
                     Err(ToolError::Unknown) => {
                         fail(jsonrpc::INVALID_PARAMS, &format!("unknown tool {name:?}"))
                     }
-                    Err(ToolError::Failed(reason)) => {
-                        ok(json!({"content": [{"type": "text", "text": reason}], "isError": true}))
-                    }
+                    Err(ToolError::Failed(reason)) => ok(tool_result(Err(reason))),
                 }
             }
             "resources/list" => {
@@ -932,36 +990,129 @@ impl Engine {
         self.want_write(id);
     }
 
-    /// Starts a streamed call of `session` whose messages go to `target`.
-    fn mcp_start_call(
+    /// A call of `session` answering request `request`, not yet bound to a transport.
+    fn mcp_new_call(
         &mut self,
-        now: Instant,
         session: &str,
-        target: Target,
-        countdown: Countdown,
-    ) {
-        let every = countdown.every;
+        request: &Value,
+        token: Option<Value>,
+        kind: CallKind,
+    ) -> CallId {
         self.mcp.call_generation = self.mcp.call_generation.wrapping_add(1);
         let generation = self.mcp.call_generation;
         let index = self.mcp.calls.insert(Call {
             generation,
-            countdown,
+            request: request.clone(),
+            token,
+            kind,
             session: session.into(),
-            target,
+            target: None,
             timer: TimerSlot::default(),
         });
-        let call = CallId {
+        CallId {
             index: index as u32,
             generation,
-        };
+        }
+    }
+
+    /// Sends `call`'s messages to `target` from now on; a countdown starts counting.
+    fn mcp_bind_call(&mut self, now: Instant, call: CallId, target: Target) {
         let mcp = &mut self.mcp;
-        mcp.call_timers
-            .set(&mut mcp.calls[index].timer, call, now.checked_add(every));
-        if let Some(s) = mcp.sessions.get_mut(session) {
+        let Some(c) = mcp
+            .calls
+            .get_mut(call.index as usize)
+            .filter(|c| c.generation == call.generation)
+        else {
+            return;
+        };
+        c.target = Some(target);
+        if let CallKind::Countdown { every, .. } = c.kind {
+            mcp.call_timers
+                .set(&mut c.timer, call, now.checked_add(every));
+        }
+        if let Some(s) = mcp.sessions.get_mut(&c.session) {
             s.calls_open += 1;
             if let Target::Stream(number) = target {
                 if let Some(log) = s.logs.get_mut(&number) {
                     log.calls_open += 1;
+                }
+            }
+        }
+    }
+
+    /// Adds a tool of the embedder; `tools/list` shows it after the built-in ones. A tool with
+    /// the name of another is refused.
+    pub fn add_tool(&mut self, tool: Tool) -> Result<(), Box<Tool>> {
+        let taken = tool_list()
+            .as_array()
+            .is_some_and(|tools| tools.iter().any(|t| t["name"] == tool.name.as_str()))
+            || self.mcp.tools.iter().any(|t| t.name == tool.name);
+        if taken {
+            return Err(Box::new(tool));
+        }
+        self.mcp.tools.push(tool);
+        Ok(())
+    }
+
+    /// Reports progress of an embedder's tool call (sent only if the client asked for
+    /// progress). Returns whether the call is still in progress.
+    pub fn tool_progress(&mut self, call: CallId, progress: f64, total: Option<f64>) -> bool {
+        let Some(c) = self
+            .mcp
+            .calls
+            .get(call.index as usize)
+            .filter(|c| c.generation == call.generation)
+        else {
+            return false;
+        };
+        if let (Some(token), Some(target)) = (c.token.clone(), c.target) {
+            let mut params = json!({"progressToken": token, "progress": progress});
+            if let Some(total) = total {
+                params["total"] = json!(total);
+            }
+            let session = c.session.clone();
+            self.mcp_deliver(
+                &session,
+                target,
+                &jsonrpc::notification("notifications/progress", params),
+            );
+        }
+        true
+    }
+
+    /// Finishes an embedder's tool call with its result: text content, or an error text.
+    /// Returns whether the call was still in progress (a cancelled call is gone).
+    pub fn tool_finish(
+        &mut self,
+        now: Instant,
+        call: CallId,
+        result: Result<String, String>,
+    ) -> bool {
+        let index = call.index as usize;
+        let Some(c) = self
+            .mcp
+            .calls
+            .get(index)
+            .filter(|c| c.generation == call.generation)
+        else {
+            return false;
+        };
+        let answer = jsonrpc::result(&c.request, tool_result(result));
+        let session = c.session.clone();
+        if let Some(target) = c.target {
+            self.mcp_deliver(&session, target, &answer);
+        }
+        self.mcp_finish_call(now, index);
+        true
+    }
+
+    /// Sends `message` of `session` to `target`.
+    fn mcp_deliver(&mut self, session: &str, target: Target, message: &Value) {
+        match target {
+            Target::Stream(number) => self.mcp_emit(session, number, message),
+            Target::Socket(socket) => {
+                if self.mcp_socket_open(socket) {
+                    self.ws_reply(socket, message);
                 }
             }
         }
@@ -1002,32 +1153,29 @@ impl Engine {
     fn mcp_call_step(&mut self, now: Instant, call: CallId) {
         let index = call.index as usize;
         let c = &mut self.mcp.calls[index];
-        let (target, session) = (c.target, c.session.clone());
-        let countdown = &mut c.countdown;
-        countdown.done += 1;
-        let (done, total, every) = (countdown.done, countdown.total, countdown.every);
+        let (Some(target), CallKind::Countdown { done, total, every }) = (c.target, &mut c.kind)
+        else {
+            return;
+        };
+        *done += 1;
+        let (done, total, every) = (*done, *total, *every);
+        let session = c.session.clone();
         let message = if done <= total {
-            countdown.token.as_ref().map(|token| {
+            c.token.as_ref().map(|token| {
                 jsonrpc::notification(
                     "notifications/progress",
                     json!({"progressToken": token, "progress": done, "total": total}),
                 )
             })
         } else {
-            Some(jsonrpc::result(
-                &countdown.request,
-                json!({"content": [{"type": "text", "text": "done"}], "isError": false}),
-            ))
+            Some(jsonrpc::result(&c.request, tool_result(Ok("done".into()))))
         };
         let alive = match target {
             Target::Stream(_) => self.mcp.sessions.contains_key(&session),
             Target::Socket(socket) => self.mcp_socket_open(socket),
         };
         if let (true, Some(message)) = (alive, message) {
-            match target {
-                Target::Stream(number) => self.mcp_emit(&session, number, &message),
-                Target::Socket(socket) => self.ws_reply(socket, &message),
-            }
+            self.mcp_deliver(&session, target, &message);
         }
         if done <= total && alive {
             // The answer comes one interval after the last progress step, never in the same
@@ -1053,7 +1201,7 @@ impl Engine {
             return;
         };
         s.calls_open = s.calls_open.saturating_sub(1);
-        let Target::Stream(number) = c.target else {
+        let Some(Target::Stream(number)) = c.target else {
             return;
         };
         let Some(log) = s.logs.get_mut(&number) else {
@@ -1263,6 +1411,15 @@ fn initialize_result(version: &str) -> Value {
         "instructions": "Topics of the mcp-stream hub are resources stream://topics/{topic}; \
                          the tools publish, history and topics work on them.",
     })
+}
+
+/// A `tools/call` result: text content, or an error text with `isError`.
+fn tool_result(result: Result<String, String>) -> Value {
+    let (text, is_error) = match result {
+        Ok(text) => (text, false),
+        Err(text) => (text, true),
+    };
+    json!({"content": [{"type": "text", "text": text}], "isError": is_error})
 }
 
 /// The progress token of a request, if it asked for progress.

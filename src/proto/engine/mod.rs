@@ -47,7 +47,7 @@ use mcp::{Mcp, McpStream};
 use std::sync::Arc;
 use websocket::WsConn;
 
-pub use mcp::PROTOCOL_VERSIONS;
+pub use mcp::{CallId, Tool, ToolHandler, ToolReply, PROTOCOL_VERSIONS};
 
 /// How long a closing connection may take to send its last bytes, and then to send its end of
 /// stream after ours, before it is dropped. During a shutdown the drain deadline bounds the
@@ -1651,6 +1651,78 @@ Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhb
         wire.run(&mut e);
         assert_eq!(wire.text(call).matches("notifications/progress").count(), 2);
         assert!(!wire.text(call).contains(r#""id":7"#));
+    }
+
+    #[test]
+    fn an_embedders_tool_answers_later_and_a_cancelled_call_is_gone() {
+        let mut e = engine(Config::default());
+        let now = Instant::now();
+        let calls = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = calls.clone();
+        let tool = |name: &str| Tool {
+            name: name.into(),
+            description: "d".into(),
+            input_schema: serde_json::json!({"type": "object"}),
+            handler: Box::new(|_, _| ToolReply::Later),
+        };
+        assert!(
+            e.add_tool(tool("echo")).is_err(),
+            "a built-in name is taken"
+        );
+        e.add_tool(Tool {
+            handler: Box::new(move |call, _| {
+                seen.lock().unwrap().push(call);
+                ToolReply::Later
+            }),
+            ..tool("later")
+        })
+        .unwrap();
+        assert!(e.add_tool(tool("later")).is_err());
+        let mut wire = Wire::default();
+        let init = post_mcp(
+            &mut e,
+            now,
+            None,
+            r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{}}"#,
+        );
+        wire.run(&mut e);
+        let text = wire.text(init);
+        let session = text.split("Mcp-Session-Id: ").nth(1).unwrap()[..32].to_string();
+        let first = post_mcp(
+            &mut e,
+            now,
+            Some(&session),
+            r#"{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"later"}}"#,
+        );
+        let second = post_mcp(
+            &mut e,
+            now,
+            Some(&session),
+            r#"{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"later"}}"#,
+        );
+        wire.run(&mut e);
+        let handles = calls.lock().unwrap().clone();
+        assert_eq!(handles.len(), 2);
+        assert!(e.tool_finish(now, handles[0], Ok("one".into())));
+        wire.run(&mut e);
+        assert!(wire
+            .text(first)
+            .contains(r#""id":2,"result":{"content":[{"type":"text","text":"one"}]"#));
+        assert!(wire.shut.contains(&first));
+        assert!(
+            !e.tool_finish(now, handles[0], Ok("again".into())),
+            "finished once"
+        );
+        post_mcp(
+            &mut e,
+            now,
+            Some(&session),
+            r#"{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":3}}"#,
+        );
+        wire.run(&mut e);
+        assert!(!e.tool_progress(handles[1], 1.0, None));
+        assert!(!e.tool_finish(now, handles[1], Ok("late".into())));
+        assert!(!wire.text(second).contains(r#""id":3"#));
     }
 
     #[test]
