@@ -135,6 +135,8 @@ enum Target {
 
 #[derive(Debug)]
 struct Session {
+    /// The protocol revision negotiated by `initialize` over Streamable HTTP.
+    version: &'static str,
     /// The connection it lives on (legacy HTTP+SSE, WebSocket); it ends with that.
     bound: Option<ConnId>,
     /// The number of its server-to-client stream (`GET`, or the legacy stream).
@@ -285,11 +287,8 @@ impl Engine {
             Ok(v) => v,
             Err(e) => return refuse(400, &format!("invalid JSON: {e}")),
         };
-        if value.is_array() {
-            return refuse(
-                400,
-                "batches are not supported: send one message per request",
-            );
+        if let Value::Array(items) = &value {
+            return self.mcp_batch(now, id, request, items);
         }
         let message = match jsonrpc::parse(&value) {
             Ok(m) => m,
@@ -421,9 +420,93 @@ impl Engine {
                 keep_alive,
             );
         };
+        if let Some(s) = self.mcp.sessions.get_mut(session.as_str()) {
+            s.version = version;
+        }
         let response = jsonrpc::result(rpc_id, initialize_result(version)).to_string();
         let extra = format!("Mcp-Session-Id: {session}\r\n");
         http::json_response(200, &response, &extra, keep_alive)
+    }
+
+    /// A batch (a JSON array), which only revision 2025-03-26 allows: its notifications and
+    /// responses are taken; if it holds requests, their answers go out on one SSE stream that
+    /// ends with the last of them. `None` when the connection became that stream.
+    fn mcp_batch(
+        &mut self,
+        now: Instant,
+        id: ConnId,
+        request: &Request,
+        items: &[Value],
+    ) -> Option<Vec<u8>> {
+        let keep_alive = request.keep_alive();
+        let refuse =
+            |status: u16, reason: &str| Some(http::error_response(status, reason, "", keep_alive));
+        let Some(session) = request.header("mcp-session-id").map(str::to_owned) else {
+            return refuse(400, "missing Mcp-Session-Id (initialize cannot be batched)");
+        };
+        if let Err(response) = self.mcp_session_check(now, request, &session) {
+            return Some(response);
+        }
+        if self.mcp.sessions.get(session.as_str())?.version != "2025-03-26" {
+            return refuse(400, "batches are not allowed on this protocol revision");
+        }
+        let mut messages = Vec::with_capacity(items.len());
+        for item in items {
+            match jsonrpc::parse(item) {
+                Ok(Message::Request { method, .. }) if method == "initialize" => {
+                    return refuse(400, "initialize cannot be batched")
+                }
+                Ok(message) => messages.push(message),
+                Err(invalid) => return refuse(400, invalid.message),
+            }
+        }
+        if messages.is_empty() {
+            return refuse(400, "an empty batch");
+        }
+        let has_requests = messages
+            .iter()
+            .any(|m| matches!(m, Message::Request { .. }));
+        if has_requests {
+            self.mcp_open_stream(now, id, &session, StreamKind::Answer);
+        }
+        for message in messages {
+            match message {
+                Message::Notification { method, params } => {
+                    self.mcp_notification(now, &session, &method, &params)
+                }
+                Message::Response { .. } => {}
+                Message::Request {
+                    id: rpc_id,
+                    method,
+                    params,
+                } => {
+                    let token = progress_token(&params);
+                    match self.mcp_answer(now, &session, &rpc_id, &method, &params, token) {
+                        Answer::Now(response) => self.mcp_send(id, &response),
+                        Answer::Later(call) => {
+                            let target = self.target_of(id);
+                            self.mcp_bind_call(now, call, target);
+                        }
+                    }
+                }
+            }
+        }
+        if !has_requests {
+            return Some(http::response(202, "application/json", b"", "", keep_alive));
+        }
+        let done = match self.conn(id).map(|c| &c.phase) {
+            Some(Phase::Mcp(stream)) => self
+                .mcp
+                .sessions
+                .get(session.as_str())
+                .and_then(|s| s.logs.get(&stream.number))
+                .is_some_and(|log| log.calls_open == 0),
+            _ => false,
+        };
+        if done {
+            self.start_closing(now, id);
+        }
+        None
     }
 
     /// A new session with a fresh id; `None` when no random bytes could be had.
@@ -439,6 +522,7 @@ impl Engine {
         self.mcp.sessions.insert(
             session.clone().into(),
             Session {
+                version: PROTOCOL_VERSIONS[0],
                 bound: None,
                 listener: None,
                 calls_open: 0,

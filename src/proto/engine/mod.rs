@@ -1726,6 +1726,44 @@ Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhb
     }
 
     #[test]
+    fn batches_are_served_on_2025_03_26_only() {
+        let mut e = engine(Config::default());
+        let now = Instant::now();
+        let mut wire = Wire::default();
+        let mut session_of = |e: &mut Engine, version: &str| {
+            let body = format!(
+                r#"{{"jsonrpc":"2.0","id":1,"method":"initialize","params":{{"protocolVersion":"{version}"}}}}"#
+            );
+            let init = post_mcp(e, now, None, &body);
+            wire.run(e);
+            let text = wire.text(init);
+            text.split("Mcp-Session-Id: ").nth(1).unwrap()[..32].to_string()
+        };
+        let old = session_of(&mut e, "2025-03-26");
+        let new = session_of(&mut e, "2025-06-18");
+        let batch = r#"[{"jsonrpc":"2.0","id":"a","method":"ping"},{"jsonrpc":"2.0","method":"notifications/initialized"},{"jsonrpc":"2.0","id":"b","method":"tools/call","params":{"name":"echo","arguments":{"text":"hi"}}}]"#;
+        let served = post_mcp(&mut e, now, Some(&old), batch);
+        let refused = post_mcp(&mut e, now, Some(&new), batch);
+        let notes = post_mcp(
+            &mut e,
+            now,
+            Some(&old),
+            r#"[{"jsonrpc":"2.0","method":"notifications/initialized"}]"#,
+        );
+        let mut wire = Wire::default();
+        wire.run(&mut e);
+        let text = wire.text(served);
+        assert!(text.contains("text/event-stream"), "{text}");
+        assert!(text.contains(r#""id":"a","result":{}"#) && text.contains(r#""id":"b","result""#));
+        assert!(
+            wire.shut.contains(&served),
+            "the stream ends after the last answer"
+        );
+        assert!(wire.text(refused).starts_with("HTTP/1.1 400 "));
+        assert!(wire.text(notes).starts_with("HTTP/1.1 202 "));
+    }
+
+    #[test]
     fn a_legacy_sse_session_answers_on_its_stream() {
         let mut e = engine(Config::default());
         let now = Instant::now();
