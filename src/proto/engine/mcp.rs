@@ -36,6 +36,17 @@ const RESOURCE_PREFIX: &str = "stream://topics/";
 const MAX_COUNTDOWN: u64 = 10_000;
 /// The most topics one session may watch.
 const MAX_WATCHED: usize = 256;
+/// The syslog levels of `logging/setLevel`, least severe first.
+const LOG_LEVELS: [&str; 8] = [
+    "debug",
+    "info",
+    "notice",
+    "warning",
+    "error",
+    "critical",
+    "alert",
+    "emergency",
+];
 /// The messages a stream keeps for a client that resumes it.
 const MAX_KEPT: usize = 64;
 /// The finished streams a session keeps for resumption.
@@ -137,6 +148,8 @@ enum Target {
 struct Session {
     /// The protocol revision negotiated by `initialize` over Streamable HTTP.
     version: &'static str,
+    /// The least severe log level the client wants (`logging/setLevel`); none until it asks.
+    log_level: Option<usize>,
     /// The connection it lives on (legacy HTTP+SSE, WebSocket); it ends with that.
     bound: Option<ConnId>,
     /// The number of its server-to-client stream (`GET`, or the legacy stream).
@@ -523,6 +536,7 @@ impl Engine {
             session.clone().into(),
             Session {
                 version: PROTOCOL_VERSIONS[0],
+                log_level: None,
                 bound: None,
                 listener: None,
                 calls_open: 0,
@@ -746,7 +760,19 @@ impl Engine {
         let fail =
             |code: i64, message: &str| Answer::Now(jsonrpc::error(Some(rpc_id), code, message));
         match method {
-            "ping" | "logging/setLevel" => ok(json!({})),
+            "ping" => ok(json!({})),
+            "logging/setLevel" => {
+                let level = params.get("level").and_then(Value::as_str);
+                match level.and_then(|l| LOG_LEVELS.iter().position(|known| *known == l)) {
+                    Some(level) => {
+                        if let Some(s) = self.mcp.sessions.get_mut(session) {
+                            s.log_level = Some(level);
+                        }
+                        ok(json!({}))
+                    }
+                    None => fail(jsonrpc::INVALID_PARAMS, "level must be a syslog level name"),
+                }
+            }
             "tools/list" => {
                 let mut tools = match tool_list() {
                     Value::Array(tools) => tools,
@@ -1110,10 +1136,16 @@ impl Engine {
             return;
         };
         c.target = Some(target);
-        if let CallKind::Countdown { every, .. } = c.kind {
+        let mut log = None;
+        if let CallKind::Countdown { every, total, .. } = c.kind {
             mcp.call_timers
                 .set(&mut c.timer, call, now.checked_add(every));
+            log = Some(format!(
+                "counting down from {total}, every {} ms",
+                every.as_millis()
+            ));
         }
+        let session = c.session.clone();
         if let Some(s) = mcp.sessions.get_mut(&c.session) {
             s.calls_open += 1;
             if let Target::Stream(number) = target {
@@ -1121,6 +1153,27 @@ impl Engine {
                     log.calls_open += 1;
                 }
             }
+        }
+        if let Some(text) = log {
+            self.mcp_log(&session, target, 1, "countdown", &text);
+        }
+    }
+
+    /// Sends a `notifications/message` at `level` (an index in [`LOG_LEVELS`]) to `target`, if
+    /// the session asked for that level or a less severe one.
+    fn mcp_log(&mut self, session: &str, target: Target, level: usize, logger: &str, text: &str) {
+        let wanted = self
+            .mcp
+            .sessions
+            .get(session)
+            .and_then(|s| s.log_level)
+            .is_some_and(|least| level >= least);
+        if wanted {
+            let message = jsonrpc::notification(
+                "notifications/message",
+                json!({"level": LOG_LEVELS[level], "logger": logger, "data": text}),
+            );
+            self.mcp_deliver(session, target, &message);
         }
     }
 

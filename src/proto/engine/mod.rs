@@ -1764,6 +1764,44 @@ Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhb
     }
 
     #[test]
+    fn log_messages_come_once_the_client_sets_a_level() {
+        let mut e = engine(Config::default());
+        let now = Instant::now();
+        let mut wire = Wire::default();
+        let init = post_mcp(
+            &mut e,
+            now,
+            None,
+            r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{}}"#,
+        );
+        wire.run(&mut e);
+        let text = wire.text(init);
+        let session = text.split("Mcp-Session-Id: ").nth(1).unwrap()[..32].to_string();
+        let countdown = r#"{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"countdown","arguments":{"n":0}}}"#;
+        let quiet = post_mcp(&mut e, now, Some(&session), countdown);
+        let bad = post_mcp(
+            &mut e,
+            now,
+            Some(&session),
+            r#"{"jsonrpc":"2.0","id":3,"method":"logging/setLevel","params":{"level":"loud"}}"#,
+        );
+        let set = post_mcp(
+            &mut e,
+            now,
+            Some(&session),
+            r#"{"jsonrpc":"2.0","id":4,"method":"logging/setLevel","params":{"level":"info"}}"#,
+        );
+        let logged = post_mcp(&mut e, now, Some(&session), countdown);
+        wire.run(&mut e);
+        assert!(!wire.text(quiet).contains("notifications/message"));
+        assert!(wire.text(bad).contains("-32602"));
+        assert!(wire.text(set).contains(r#""id":4,"result":{}"#));
+        assert!(wire.text(logged).contains(
+            r#""method":"notifications/message","params":{"level":"info","logger":"countdown""#
+        ));
+    }
+
+    #[test]
     fn a_legacy_sse_session_answers_on_its_stream() {
         let mut e = engine(Config::default());
         let now = Instant::now();
