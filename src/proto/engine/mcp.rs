@@ -416,15 +416,7 @@ impl Engine {
                 keep_alive,
             );
         }
-        let asked = params
-            .get("protocolVersion")
-            .and_then(Value::as_str)
-            .unwrap_or("");
-        let version = PROTOCOL_VERSIONS
-            .iter()
-            .find(|v| **v == asked)
-            .copied()
-            .unwrap_or(PROTOCOL_VERSIONS[0]);
+        let version = negotiate(params);
         let Some(session) = self.mcp_new_session(now) else {
             return http::error_response(
                 503,
@@ -587,16 +579,7 @@ impl Engine {
                 params,
             } => {
                 if method == "initialize" {
-                    let asked = params
-                        .get("protocolVersion")
-                        .and_then(Value::as_str)
-                        .unwrap_or("");
-                    let version = PROTOCOL_VERSIONS
-                        .iter()
-                        .find(|v| **v == asked)
-                        .copied()
-                        .unwrap_or(PROTOCOL_VERSIONS[0]);
-                    let result = jsonrpc::result(&rpc_id, initialize_result(version));
+                    let result = jsonrpc::result(&rpc_id, initialize_result(negotiate(&params)));
                     self.mcp_send(stream, &result);
                 } else {
                     let token = progress_token(&params);
@@ -1533,6 +1516,16 @@ impl Engine {
             }
         }
     }
+}
+
+/// The revision for an `initialize`: the client's if it is served, else the newest.
+fn negotiate(params: &Value) -> &'static str {
+    let asked = params.get("protocolVersion").and_then(Value::as_str);
+    PROTOCOL_VERSIONS
+        .iter()
+        .find(|v| Some(**v) == asked)
+        .copied()
+        .unwrap_or(PROTOCOL_VERSIONS[0])
 }
 
 /// The `initialize` result for `version`.

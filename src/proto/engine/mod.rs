@@ -1614,21 +1614,26 @@ Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhb
         )
     }
 
+    /// Initializes an MCP session with `body` and returns its id.
+    fn open_session(e: &mut Engine, now: Instant, wire: &mut Wire, body: &str) -> String {
+        let init = post_mcp(e, now, None, body);
+        wire.run(e);
+        let text = wire.text(init);
+        text.split("Mcp-Session-Id: ").nth(1).unwrap()[..32].to_string()
+    }
+
     #[test]
     fn a_cancelled_countdown_stops_and_its_stream_ends() {
         let mut e = engine(Config::default());
         let t0 = Instant::now();
         let at = |ms| t0 + Duration::from_millis(ms);
         let mut wire = Wire::default();
-        let init = post_mcp(
+        let session = open_session(
             &mut e,
             t0,
-            None,
+            &mut wire,
             r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18"}}"#,
         );
-        wire.run(&mut e);
-        let text = wire.text(init);
-        let session = text.split("Mcp-Session-Id: ").nth(1).unwrap()[..32].to_string();
         let call = post_mcp(
             &mut e,
             t0,
@@ -1679,15 +1684,12 @@ Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhb
         .unwrap();
         assert!(e.add_tool(tool("later")).is_err());
         let mut wire = Wire::default();
-        let init = post_mcp(
+        let session = open_session(
             &mut e,
             now,
-            None,
+            &mut wire,
             r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{}}"#,
         );
-        wire.run(&mut e);
-        let text = wire.text(init);
-        let session = text.split("Mcp-Session-Id: ").nth(1).unwrap()[..32].to_string();
         let first = post_mcp(
             &mut e,
             now,
@@ -1768,15 +1770,12 @@ Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhb
         let mut e = engine(Config::default());
         let now = Instant::now();
         let mut wire = Wire::default();
-        let init = post_mcp(
+        let session = open_session(
             &mut e,
             now,
-            None,
+            &mut wire,
             r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{}}"#,
         );
-        wire.run(&mut e);
-        let text = wire.text(init);
-        let session = text.split("Mcp-Session-Id: ").nth(1).unwrap()[..32].to_string();
         let countdown = r#"{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"countdown","arguments":{"n":0}}}"#;
         let quiet = post_mcp(&mut e, now, Some(&session), countdown);
         let bad = post_mcp(
