@@ -4,8 +4,10 @@
 #   bash interop/run.sh
 #
 # 1. Python `websockets` (asyncio client) under pytest: interop/test_websocket.py
-# 2. The official MCP Python SDK (`mcp`, Streamable HTTP client) under pytest: interop/test_mcp.py
-# 3. The official MCP TypeScript SDK (StreamableHTTPClientTransport): interop/mcp-ts/test.mjs
+# 2. The official MCP Python SDK (`mcp`: Streamable HTTP and legacy HTTP+SSE clients) under
+#    pytest: interop/test_mcp.py
+# 3. The official MCP TypeScript SDK (StreamableHTTPClientTransport, SSEClientTransport,
+#    WebSocketClientTransport over the `ws` package): interop/mcp-ts/test.mjs
 # 4. Headless Chromium driven by playwright-core: interop/browser/test.mjs
 #
 # Installs what it needs, idempotently and quietly, on a Debian machine with Python 3 + pip and
@@ -13,9 +15,9 @@
 # no clash with a system Python marked externally managed), Debian's chromium when
 # /usr/bin/chromium is missing (apt-get, as root), playwright-core into
 # interop/browser/node_modules (it never downloads a browser), and @modelcontextprotocol/sdk
-# into interop/mcp-ts/node_modules (`npm ci`, from its lockfile). Uses target/debug/mcp-stream
-# (MCP_STREAM_BIN overrides), building it if missing. Exits non-zero on any failure; the last
-# line is the summary `interop: N passed, M failed`.
+# and ws into interop/mcp-ts/node_modules (`npm ci`, from its lockfile). Uses
+# target/debug/mcp-stream (MCP_STREAM_BIN overrides), building it if missing. Exits non-zero on
+# any failure; the last line is the summary `interop: N passed, M failed`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -73,12 +75,20 @@ if [ "$want_pw" != "$have_pw" ]; then
         --no-fund --loglevel=error
 fi
 
-# ---- the MCP TypeScript SDK (pinned in package.json and package-lock.json)
+# ---- the MCP TypeScript SDK and ws (pinned in package.json and package-lock.json)
 mcp_ts_dir="$root/interop/mcp-ts"
-want_sdk=$(node -p "require('$mcp_ts_dir/package.json').dependencies['@modelcontextprotocol/sdk']")
-have_sdk=$(node -p "try { require('$mcp_ts_dir/node_modules/@modelcontextprotocol/sdk/package.json').version } catch (e) { '' }")
-if [ "$want_sdk" != "$have_sdk" ]; then
-    say "installing @modelcontextprotocol/sdk $want_sdk into interop/mcp-ts/node_modules"
+# The pinned dependencies that node_modules lacks or holds at another version, as name@version.
+mcp_ts_missing=$(node -e '
+const dir = process.argv[1];
+const deps = require(dir + "/package.json").dependencies;
+const missing = Object.entries(deps).filter(([name, want]) => {
+    try { return require(dir + "/node_modules/" + name + "/package.json").version !== want; }
+    catch (e) { return true; }
+});
+console.log(missing.map(([name, want]) => name + "@" + want).join(" "));
+' "$mcp_ts_dir")
+if [ -n "$mcp_ts_missing" ]; then
+    say "installing $mcp_ts_missing into interop/mcp-ts/node_modules"
     quietly env -C "$mcp_ts_dir" npm ci --no-audit --no-fund --loglevel=error
 fi
 
@@ -140,10 +150,10 @@ run_node() {
 say "pytest: interop/test_websocket.py (Python websockets client)"
 run_pytest "$root/interop/test_websocket.py" "$root/target/interop-pytest.xml"
 
-say "pytest: interop/test_mcp.py (MCP Python SDK, Streamable HTTP)"
+say "pytest: interop/test_mcp.py (MCP Python SDK: Streamable HTTP, legacy HTTP+SSE)"
 run_pytest "$root/interop/test_mcp.py" "$root/target/interop-mcp-python.xml"
 
-say "mcp-ts: interop/mcp-ts/test.mjs (MCP TypeScript SDK, Streamable HTTP)"
+say "mcp-ts: interop/mcp-ts/test.mjs (MCP TypeScript SDK: Streamable HTTP, legacy HTTP+SSE, WebSocket)"
 run_node "$mcp_ts_dir/test.mjs" "$root/target/interop-mcp-ts.json"
 
 say "browser: interop/browser/test.mjs (headless Chromium, playwright-core)"

@@ -2,9 +2,11 @@
 
 Run by interop/run.sh (which installs the pinned packages). Each test starts its own server on
 127.0.0.1 with a port the kernel picks and stops it afterwards. The SDK's Streamable HTTP
-client talks to `/mcp`; an httpx2 client with event hooks is handed to it, so the tests see the
-HTTP exchanges the SDK makes (the GET stream opening, the DELETE on exit) and wait on those
-events instead of on time. Every wait is bounded by WAIT.
+client talks to `/mcp`, and its legacy HTTP+SSE client (`sse_client`, revision 2024-11-05) to
+`/sse` and the `/messages` endpoint it names. An httpx2 client with event hooks is handed to
+the SDK, so the tests see the HTTP exchanges it makes (the GET stream opening, the POSTs' 202,
+the DELETE on exit) and wait on those events instead of on time. Every wait is bounded by WAIT.
+(The SDK has no WebSocket client: the WebSocket transport is covered by the TypeScript suite.)
 """
 
 import asyncio
@@ -21,6 +23,7 @@ import urllib.request
 import httpx2
 import pytest
 from mcp import Client, ClientSession, MCPError, ResourceUpdatedNotification
+from mcp.client.sse import sse_client
 from mcp.client.streamable_http import streamable_http_client
 
 # The SDK marks logging and resources/subscribe deprecated as of revision 2026-07-28; this
@@ -74,6 +77,7 @@ class Server:
             raise RuntimeError(f"unexpected first line {line!r}")
         self.addr = line[0].strip().removeprefix("listening on http://")
         self.url = f"http://{self.addr}/mcp"
+        self.sse_url = f"http://{self.addr}/sse"
 
     def publish(self, body):
         """POST /stream/publish; asserts 202; returns the ids."""
@@ -102,6 +106,18 @@ class Server:
         except urllib.error.HTTPError as e:
             return e.code, json.loads(e.read())
 
+    def raw_legacy_post(self, endpoint, message):
+        """POSTs `message` to a legacy `/messages?sessionId=...` endpoint by hand: (status, body)."""
+        request = urllib.request.Request(
+            f"http://{self.addr}{endpoint}", data=json.dumps(message).encode(),
+            headers={"Content-Type": "application/json"}, method="POST",
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=WAIT) as r:
+                return r.status, r.read()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read()
+
     def stop(self):
         self.proc.kill()
         self.proc.wait()
@@ -124,12 +140,20 @@ def run(coro):
 class Http:
     """An httpx2 client for the SDK that records every exchange it makes."""
 
-    def __init__(self):
+    def __init__(self, own_client=True):
         self.exchanges = []  # (method, status, request body as JSON or None, response headers)
+        self.urls = []  # the URL of each exchange, in the same order
         self.get_stream_open = asyncio.Event()
         self._changed = asyncio.Event()
-        self.client = httpx2.AsyncClient(
-            timeout=httpx2.Timeout(WAIT, read=300.0),
+        # Without a client of its own, it is only a factory of recording clients.
+        self.client = self.factory() if own_client else None
+
+    def factory(self, headers=None, timeout=None, auth=None):
+        """A recording client; also usable as the `httpx_client_factory` of `sse_client`."""
+        return httpx2.AsyncClient(
+            headers=headers,
+            timeout=timeout or httpx2.Timeout(WAIT, read=300.0),
+            auth=auth,
             event_hooks={"response": [self._on_response]},
         )
 
@@ -140,6 +164,7 @@ class Http:
         except ValueError:
             body = None
         self.exchanges.append((request.method, response.status_code, body, response.headers))
+        self.urls.append(str(request.url))
         if request.method == "GET" and response.status_code == 200:
             self.get_stream_open.set()
         self._changed.set()
@@ -411,5 +436,188 @@ def test_the_high_level_client_probes_discover_then_falls_back_to_initialize(ser
             # The probe got a JSON-RPC error at once, as a 200 without a session.
             [(status, headers)] = http.posts("server/discover")
             assert status == 200 and "mcp-session-id" not in headers
+
+    run(body())
+
+
+# ---- the legacy HTTP+SSE transport (2024-11-05): GET /sse, POST /messages?sessionId=...
+
+
+class Legacy:
+    """`sse_client` on a recording client, with the session id its endpoint event named."""
+
+    def __init__(self, server):
+        self.http = Http(own_client=False)
+        self.sessions = []
+        self.transport = sse_client(
+            server.sse_url,
+            timeout=WAIT,
+            httpx_client_factory=self.http.factory,
+            on_session_created=self.sessions.append,
+        )
+
+    @property
+    def endpoint(self):
+        """The path the endpoint event named, checked against the session id."""
+        [sid] = self.sessions
+        assert re.fullmatch(r"[0-9a-f]{32}", sid), sid
+        return f"/messages?sessionId={sid}"
+
+    def post_statuses(self):
+        return [
+            (status, url) for (method, status, _, _), url in zip(self.http.exchanges, self.http.urls)
+            if method == "POST"
+        ]
+
+    def assert_posts_accepted(self):
+        """Every POST went to the endpoint and got 202."""
+        posts = self.post_statuses()
+        assert posts, self.http.exchanges
+        for status, url in posts:
+            assert status == 202, posts
+            assert url.endswith(self.endpoint), posts
+
+
+def test_legacy_sse_initialize_ping_tools_list_and_echo(server):
+    async def body():
+        legacy = Legacy(server)
+        async with legacy.transport as (read, write, *_):
+            async with ClientSession(read, write) as s:
+                result = await wait_for("initialize", s.initialize())
+                assert result.server_info.name == "mcp-stream"
+                assert result.capabilities.resources.subscribe is True
+                await wait_for("ping", s.send_ping())
+                tools = await wait_for("tools/list", s.list_tools())
+                assert [t.name for t in tools.tools] == [
+                    "echo", "countdown", "publish", "history", "topics",
+                ]
+                for text in [TRICKY, "", "\\", '"', TRICKY * 200]:
+                    got = text_of(await wait_for("echo", s.call_tool("echo", {"text": text})))
+                    assert got.encode("utf-8") == text.encode("utf-8")
+                with pytest.raises(MCPError) as unknown_tool:
+                    await wait_for("unknown tool", s.call_tool("no-such-tool", {}))
+                assert unknown_tool.value.code == -32602
+                await wait_for("ping", s.send_ping())
+                # One GET /sse, answered 200 as an event stream; every message was a POST to
+                # the endpoint it named, answered 202 (the answers came on the stream).
+                gets = [
+                    (st, h.get("content-type")) for (m, st, _, h) in legacy.http.exchanges
+                    if m == "GET"
+                ]
+                assert gets == [(200, "text/event-stream")], legacy.http.exchanges
+                legacy.assert_posts_accepted()
+                methods = [b.get("method") for (m, _, b, _) in legacy.http.exchanges if m == "POST"]
+                assert methods[:2] == ["initialize", "notifications/initialized"], methods
+
+    run(body())
+
+
+def test_legacy_sse_three_concurrent_countdowns_each_receive_all_progress_in_order(server):
+    async def body():
+        n = 5
+        seen = {k: [] for k in range(3)}
+
+        def recorder(k):
+            async def on_progress(progress, total, message):
+                # Counted as it arrives.
+                seen[k].append((progress, total))
+
+            return on_progress
+
+        legacy = Legacy(server)
+        async with legacy.transport as (read, write, *_):
+            async with ClientSession(read, write) as s:
+                await wait_for("initialize", s.initialize())
+                results = await wait_for("three countdowns", asyncio.gather(*[
+                    s.call_tool(
+                        "countdown", {"n": n, "interval_ms": 100}, progress_callback=recorder(k)
+                    )
+                    for k in range(3)
+                ]))
+                for k, result in enumerate(results):
+                    assert text_of(result) == "done"
+                    assert seen[k] == [(float(i), float(n)) for i in range(1, n + 1)], (k, seen[k])
+                legacy.assert_posts_accepted()
+
+    run(body())
+
+
+def test_legacy_sse_a_subscription_receives_resources_updated_after_an_http_publish(server):
+    async def body():
+        updates = asyncio.Queue()
+
+        async def on_message(message):
+            if isinstance(message, ResourceUpdatedNotification):
+                updates.put_nowait(str(message.params.uri))
+
+        legacy = Legacy(server)
+        async with legacy.transport as (read, write, *_):
+            async with ClientSession(read, write, message_handler=on_message) as s:
+                await wait_for("initialize", s.initialize())
+                await wait_for("subscribe", s.subscribe_resource("stream://topics/news"))
+                await wait_for("subscribe", s.subscribe_resource("stream://topics/barrier.1"))
+                await asyncio.to_thread(server.publish, {"topic": "news", "data": TRICKY})
+                assert await wait_for("the update", updates.get()) == "stream://topics/news"
+                # An unsubscribed topic is not heard of: the barrier topic comes next.
+                await asyncio.to_thread(server.publish, {"topic": "sport", "data": 1})
+                await asyncio.to_thread(server.publish, {"topic": "barrier.1", "data": 1})
+                assert await wait_for("the barrier", updates.get()) == "stream://topics/barrier.1"
+                await wait_for("unsubscribe", s.unsubscribe_resource("stream://topics/news"))
+                await wait_for("subscribe", s.subscribe_resource("stream://topics/barrier.2"))
+                await asyncio.to_thread(server.publish, {"topic": "news", "data": 3})
+                await asyncio.to_thread(server.publish, {"topic": "barrier.2", "data": 1})
+                assert await wait_for("the barrier", updates.get()) == "stream://topics/barrier.2"
+                assert updates.empty()
+                legacy.assert_posts_accepted()
+
+    run(body())
+
+
+def test_legacy_sse_leaving_the_client_ends_the_session(server):
+    # A notification that needs no answer: posting it by hand leaves the SDK's stream alone.
+    note = {"jsonrpc": "2.0", "method": "notifications/roots/list_changed"}
+
+    async def body():
+        legacy = Legacy(server)
+        async with legacy.transport as (read, write, *_):
+            async with ClientSession(read, write) as s:
+                await wait_for("initialize", s.initialize())
+                await wait_for("ping", s.send_ping())
+                endpoint = legacy.endpoint
+                status, _ = await asyncio.to_thread(server.raw_legacy_post, endpoint, note)
+                assert status == 202
+        legacy.assert_posts_accepted()
+
+        # Closing the client closed its stream; once the server has seen that, the session is
+        # gone and its endpoint is 404.
+        async def gone():
+            while True:
+                status, answer = await asyncio.to_thread(server.raw_legacy_post, endpoint, note)
+                if status == 404:
+                    return json.loads(answer)
+                assert status == 202, (status, answer)
+                await asyncio.sleep(0.02)  # polling a condition, bounded by wait_for
+
+        assert await wait_for("the session ends", gone()) == {"error": "unknown session"}
+
+    run(body())
+
+
+def test_legacy_sse_the_high_level_client_probes_discover_then_falls_back_to_initialize(server):
+    async def body():
+        legacy = Legacy(server)
+        async with Client(legacy.transport) as client:
+            assert client.server_info.name == "mcp-stream"
+            assert client.protocol_version == "2025-11-25"
+            result = await wait_for("echo", client.call_tool("echo", {"text": TRICKY}))
+            assert text_of(result) == TRICKY
+        posted = [
+            body.get("method") for (m, _, body, _) in legacy.http.exchanges
+            if m == "POST" and isinstance(body, dict)
+        ]
+        # The probe was accepted (202) and answered on the stream with an error, so the SDK
+        # fell back to initialize.
+        assert posted[:2] == ["server/discover", "initialize"], posted
+        legacy.assert_posts_accepted()
 
     run(body())

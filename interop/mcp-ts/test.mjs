@@ -1,13 +1,16 @@
-// Interop: the official MCP TypeScript SDK (@modelcontextprotocol/sdk, its Client over
-// StreamableHTTPClientTransport) against the real mcp-stream binary at /mcp.
+// Interop: the official MCP TypeScript SDK (@modelcontextprotocol/sdk) against the real
+// mcp-stream binary, on its three transports: its Client over StreamableHTTPClientTransport at
+// /mcp, over SSEClientTransport (legacy HTTP+SSE, 2024-11-05) at /sse, and over
+// WebSocketClientTransport at ws://.../mcp (subprotocol mcp; the WebSocket is the `ws` package's,
+// as Node 20 has no global WebSocket).
 //
 //   node interop/mcp-ts/test.mjs [RESULTS.json]
 //
-// Each check starts its own server on 127.0.0.1 with a port the kernel picks. The transport is
-// given a fetch that records every HTTP exchange, so the checks wait on what the SDK did (its
-// GET stream opening, the DELETE of terminateSession) rather than on time; every wait is bounded
-// by WAIT_MS. Prints one line per check and a summary, writes {"passed":N,"failed":M} to
-// RESULTS.json when given, and exits non-zero on any failure.
+// Each check starts its own server on 127.0.0.1 with a port the kernel picks. The HTTP
+// transports are given a fetch that records every HTTP exchange, so the checks wait on what the
+// SDK did (its GET stream opening, the DELETE of terminateSession, the POSTs' 202) rather than on
+// time; every wait is bounded by WAIT_MS. Prints one line per check and a summary, writes
+// {"passed":N,"failed":M} to RESULTS.json when given, and exits non-zero on any failure.
 
 import { spawn } from "node:child_process";
 import { writeFileSync } from "node:fs";
@@ -16,8 +19,15 @@ import { createInterface } from "node:readline";
 import { fileURLToPath } from "node:url";
 
 import { Client } from "@modelcontextprotocol/sdk/client/index.js";
+import { SSEClientTransport } from "@modelcontextprotocol/sdk/client/sse.js";
 import { StreamableHTTPClientTransport } from "@modelcontextprotocol/sdk/client/streamableHttp.js";
+import { WebSocketClientTransport } from "@modelcontextprotocol/sdk/client/websocket.js";
 import { McpError, ResourceUpdatedNotificationSchema } from "@modelcontextprotocol/sdk/types.js";
+import WebSocket from "ws";
+
+// WebSocketClientTransport uses the global WebSocket, which Node 20 lacks: the pinned `ws` one
+// stands in (set always, so that every Node runs the same client).
+globalThis.WebSocket = WebSocket;
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "..", "..");
 const BIN = process.env.MCP_STREAM_BIN || join(ROOT, "target", "debug", "mcp-stream");
@@ -116,7 +126,13 @@ function recordingFetch() {
     } catch {
       rpc = undefined;
     }
-    exchanges.push({ method: init?.method || "GET", status: response.status, rpc, headers: response.headers });
+    exchanges.push({
+      method: init?.method || "GET",
+      url: String(url),
+      status: response.status,
+      rpc,
+      headers: response.headers,
+    });
     wake();
     return response;
   };
@@ -311,6 +327,210 @@ test("terminateSession deletes the session", async (server) => {
   const after = await rawPing(server.url, sid);
   check(after.status === 404 && deepEqual(after.body, { error: "unknown session" }), JSON.stringify(after));
   await client.close();
+});
+
+// ---- the legacy HTTP+SSE transport (2024-11-05): GET /sse, POST /messages?sessionId=...
+
+/** A client over SSEClientTransport at /sse, with its recorder and transport errors. */
+async function connectLegacy(server, setup = () => {}) {
+  const http = recordingFetch();
+  const transport = new SSEClientTransport(new URL(`http://${server.addr}/sse`), { fetch: http.fetch });
+  const client = new Client({ name: "mcp-stream-interop", version: "0.0.0" });
+  const errors = [];
+  client.onerror = (e) => errors.push(e);
+  setup(client);
+  await withTimeout(client.connect(transport), "connect (initialize)");
+  return { client, transport, http, errors };
+}
+
+/** The endpoint the SDK posts to, checked: one `/messages?sessionId=<32 hex>`, every POST 202. */
+function legacyEndpoint({ http }) {
+  const posts = http.exchanges.filter((x) => x.method === "POST");
+  check(posts.length > 0, "no POST");
+  const urls = [...new Set(posts.map((x) => x.url))];
+  check(urls.length === 1, `POSTs went to ${urls}`);
+  const url = new URL(urls[0]);
+  check(url.pathname === "/messages" && /^[0-9a-f]{32}$/.test(url.searchParams.get("sessionId") || ""), `endpoint ${url}`);
+  const statuses = posts.map((x) => x.status);
+  check(statuses.every((st) => st === 202), `POST statuses ${statuses}`);
+  return url;
+}
+
+/** POSTs `message` to a legacy endpoint by hand: { status, text }. */
+async function rawLegacyPost(url, message) {
+  const r = await withTimeout(
+    fetch(url, { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(message) }),
+    "raw POST /messages",
+  );
+  return { status: r.status, text: await r.text() };
+}
+
+/** Checks shared by the legacy SSE and WebSocket transports, on a connected client. */
+async function plainRequests(client) {
+  check(client.getServerVersion()?.name === "mcp-stream", JSON.stringify(client.getServerVersion()));
+  const caps = client.getServerCapabilities();
+  check(caps?.resources?.subscribe === true && caps?.tools, `capabilities ${JSON.stringify(caps)}`);
+  await withTimeout(client.ping(), "ping");
+  const { tools } = await withTimeout(client.listTools(), "listTools");
+  const names = tools.map((t) => t.name);
+  check(deepEqual(names, ["echo", "countdown", "publish", "history", "topics"]), `tools ${names}`);
+  for (const text of [TRICKY, "", "\\", '"', TRICKY.repeat(200)]) {
+    const got = textOf(await withTimeout(client.callTool({ name: "echo", arguments: { text } }), "echo"));
+    check(Buffer.from(got, "utf8").equals(Buffer.from(text, "utf8")), `echo changed ${JSON.stringify(got).slice(0, 200)}`);
+  }
+  let error;
+  try {
+    await withTimeout(client.callTool({ name: "no-such-tool", arguments: {} }), "unknown tool");
+  } catch (e) {
+    error = e;
+  }
+  check(error instanceof McpError && error.code === -32602, `got ${error}`);
+  await withTimeout(client.ping(), "ping");
+}
+
+/** Three concurrent countdowns (n=5, 100 ms apart), each counting its progress as it arrives. */
+async function threeCountdowns(client) {
+  const n = 5;
+  const seen = [[], [], []];
+  const results = await withTimeout(
+    Promise.all(
+      [0, 1, 2].map((k) =>
+        client.callTool({ name: "countdown", arguments: { n, interval_ms: 100 } }, undefined, {
+          onprogress: (p) => seen[k].push([p.progress, p.total]),
+        }),
+      ),
+    ),
+    "three countdowns",
+  );
+  const expected = Array.from({ length: n }, (_, i) => [i + 1, n]);
+  results.forEach((result, k) => {
+    check(textOf(result) === "done", `countdown ${k}: ${JSON.stringify(result)}`);
+    check(deepEqual(seen[k], expected), `countdown ${k} progress ${JSON.stringify(seen[k])}`);
+  });
+}
+
+/** Subscribes; an HTTP publish on the topic gives notifications/resources/updated, others don't. */
+async function subscriptionHearsOfPublish(server, client, updates) {
+  await withTimeout(client.subscribeResource({ uri: "stream://topics/news" }), "subscribe");
+  await withTimeout(client.subscribeResource({ uri: "stream://topics/barrier.1" }), "subscribe");
+  await publish(server.addr, { topic: "news", data: TRICKY });
+  check((await updates.next("the update")) === "stream://topics/news", "first update");
+  await publish(server.addr, { topic: "sport", data: 1 });
+  await publish(server.addr, { topic: "barrier.1", data: 1 });
+  check((await updates.next("the barrier")) === "stream://topics/barrier.1", "barrier.1");
+  await withTimeout(client.unsubscribeResource({ uri: "stream://topics/news" }), "unsubscribe");
+  await withTimeout(client.subscribeResource({ uri: "stream://topics/barrier.2" }), "subscribe");
+  await publish(server.addr, { topic: "news", data: 3 });
+  await publish(server.addr, { topic: "barrier.2", data: 1 });
+  check((await updates.next("the barrier")) === "stream://topics/barrier.2", "barrier.2");
+  check(updates.size === 0, "an update after unsubscribing");
+}
+
+test("legacy SSE: initialize, ping, listTools, echo byte-exact, McpError -32602", async (server) => {
+  const ctx = await connectLegacy(server);
+  await plainRequests(ctx.client);
+  const gets = ctx.http.exchanges.filter((x) => x.method === "GET");
+  check(
+    deepEqual(gets.map((x) => [x.status, x.headers.get("content-type")]), [[200, "text/event-stream"]]),
+    `GET /sse: ${JSON.stringify(gets.map((x) => x.status))}`,
+  );
+  legacyEndpoint(ctx);
+  const methods = ctx.http.exchanges.filter((x) => x.method === "POST").map((x) => x.rpc?.method);
+  check(deepEqual(methods.slice(0, 2), ["initialize", "notifications/initialized"]), `POSTs ${methods}`);
+  await closeClean(ctx);
+});
+
+test("legacy SSE: three concurrent countdowns each get all progress in order", async (server) => {
+  const ctx = await connectLegacy(server);
+  await threeCountdowns(ctx.client);
+  legacyEndpoint(ctx);
+  await closeClean(ctx);
+});
+
+test("legacy SSE: a subscription receives resources/updated after an HTTP publish", async (server) => {
+  const updates = queue();
+  const ctx = await connectLegacy(server, (c) =>
+    c.setNotificationHandler(ResourceUpdatedNotificationSchema, (n) => updates.push(n.params.uri)),
+  );
+  await subscriptionHearsOfPublish(server, ctx.client, updates);
+  legacyEndpoint(ctx);
+  await closeClean(ctx);
+});
+
+test("legacy SSE: closing the client ends the session (its endpoint is 404)", async (server) => {
+  const ctx = await connectLegacy(server);
+  await withTimeout(ctx.client.ping(), "ping");
+  const endpoint = legacyEndpoint(ctx);
+  // A notification that needs no answer: posting it by hand leaves the SDK's stream alone.
+  const note = { jsonrpc: "2.0", method: "notifications/roots/list_changed" };
+  const before = await rawLegacyPost(endpoint, note);
+  check(before.status === 202, `before closing: ${JSON.stringify(before)}`);
+  await closeClean(ctx);
+  // Once the server has seen the stream end, the session is gone.
+  const after = await withTimeout(
+    (async () => {
+      for (;;) {
+        const r = await rawLegacyPost(endpoint, note);
+        if (r.status !== 202) return r;
+        await new Promise((res) => setTimeout(res, 20)); // polling a condition, bounded
+      }
+    })(),
+    "the session ends with its stream",
+  );
+  check(after.status === 404 && deepEqual(JSON.parse(after.text), { error: "unknown session" }), JSON.stringify(after));
+});
+
+// ---- WebSocket at /mcp (subprotocol mcp)
+
+/** A client over WebSocketClientTransport at ws://.../mcp, with its transport errors. */
+async function connectWs(server, setup = () => {}) {
+  const transport = new WebSocketClientTransport(new URL(`ws://${server.addr}/mcp`));
+  const client = new Client({ name: "mcp-stream-interop", version: "0.0.0" });
+  const errors = [];
+  client.onerror = (e) => errors.push(e);
+  setup(client);
+  await withTimeout(client.connect(transport), "connect (initialize)");
+  // The server selected the subprotocol the SDK offered.
+  check(transport._socket?.protocol === "mcp", `subprotocol ${JSON.stringify(transport._socket?.protocol)}`);
+  return { client, transport, errors };
+}
+
+test("WebSocket: initialize, ping, listTools, echo byte-exact, McpError -32602", async (server) => {
+  const ctx = await connectWs(server);
+  await plainRequests(ctx.client);
+  await closeClean(ctx);
+});
+
+test("WebSocket: three concurrent countdowns each get all progress in order", async (server) => {
+  const ctx = await connectWs(server);
+  await threeCountdowns(ctx.client);
+  await closeClean(ctx);
+});
+
+test("WebSocket: a subscription receives resources/updated after an HTTP publish", async (server) => {
+  const updates = queue();
+  const ctx = await connectWs(server, (c) =>
+    c.setNotificationHandler(ResourceUpdatedNotificationSchema, (n) => updates.push(n.params.uri)),
+  );
+  await subscriptionHearsOfPublish(server, ctx.client, updates);
+  await closeClean(ctx);
+});
+
+test("WebSocket: closing the client ends the connection with a clean close handshake", async (server) => {
+  const ctx = await connectWs(server);
+  await withTimeout(ctx.client.ping(), "ping");
+  const socket = ctx.transport._socket;
+  const closed = new Promise((res) => socket.addEventListener("close", (e) => res(e)));
+  let clientClosed = false;
+  ctx.client.onclose = () => {
+    clientClosed = true;
+  };
+  await closeClean(ctx);
+  const event = await withTimeout(closed, "the close handshake");
+  // The server answered the client's close frame before ending the connection.
+  check(event.wasClean === true, `close: code ${event.code}, clean ${event.wasClean}`);
+  check(clientClosed, "the Client was not told of the close");
+  check(socket.readyState === WebSocket.CLOSED, `readyState ${socket.readyState}`);
 });
 
 // ---- main

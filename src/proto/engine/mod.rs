@@ -317,14 +317,22 @@ impl Engine {
                 }
             }
             Feature::McpTransport => {
-                let streams: Vec<ConnId> = self
+                let (streams, sockets): (Vec<_>, Vec<_>) = self
                     .conns
                     .iter()
-                    .filter(|(_, c)| matches!(c.phase, Phase::Mcp(_)))
-                    .map(|(i, c)| id_of(i, c))
-                    .collect();
-                for id in streams {
+                    .filter_map(|(i, c)| match &c.phase {
+                        Phase::Mcp(_) => Some((id_of(i, c), false)),
+                        Phase::Ws(socket) if socket.mcp_session.is_some() => {
+                            Some((id_of(i, c), true))
+                        }
+                        _ => None,
+                    })
+                    .partition(|(_, socket)| !socket);
+                for (id, _) in streams {
                     self.start_closing(now, id);
+                }
+                for (id, _) in sockets {
+                    self.ws_close(now, id, 1001, "MCP transport disabled");
                 }
             }
             _ => {}

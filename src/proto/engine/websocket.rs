@@ -13,6 +13,7 @@ use super::{Conn, ConnId, Engine, Phase};
 use crate::features::Feature;
 use crate::proto::http::{self, Request};
 use crate::proto::hub::{self, HubError, Subscription};
+use crate::proto::jsonrpc;
 use crate::proto::queue::Encoding;
 use crate::proto::ws::{self, Incoming, Session};
 
@@ -142,7 +143,16 @@ impl Engine {
                     None => self.ws_message(now, id, &text),
                 },
                 Incoming::Binary => {
-                    self.ws_error(id, "binary messages are not supported: send JSON text")
+                    if self.ws_mut(id).is_some_and(|s| s.mcp_session.is_some()) {
+                        let error = jsonrpc::error(
+                            None,
+                            jsonrpc::INVALID_REQUEST,
+                            "binary frames are not JSON-RPC messages: send text",
+                        );
+                        self.ws_reply(id, &error);
+                    } else {
+                        self.ws_error(id, "binary messages are not supported: send JSON text")
+                    }
                 }
                 Incoming::Pong => {}
                 Incoming::Closed => {
