@@ -4,18 +4,20 @@
 //! `tick` event from its own code once a second, and lets another thread publish through a
 //! `Publisher` (the host chose to give the server a waker, on token 101). It also adds an MCP
 //! tool, `wait {ms}`, that answers later: the host keeps the call and finishes it from its own
-//! loop when the time has come, reporting progress first. The server gets tokens 100 and up;
-//! everything else is the host's.
+//! loop when the time has come, reporting progress first. And an MCP resource,
+//! `host://ticks`, whose contents are the tick count and whose subscribers hear of each tick.
+//! The server gets tokens 100 and up; everything else is the host's.
 //!
 //! Run it with `cargo run --example embedded`, then
 //! `curl -N 'http://127.0.0.1:8080/stream/sse?topic=ticks,jobs'` and `nc -u 127.0.0.1 9000`.
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
-use mcp_stream::{config::Config, CallId, Server, TokenRange, Tool, ToolReply};
+use mcp_stream::{config::Config, CallId, Resource, Server, TokenRange, Tool, ToolReply};
 use mio::net::UdpSocket;
 use mio::{Events, Interest, Poll, Token};
 
@@ -35,7 +37,8 @@ pub struct Host {
     echo: UdpSocket,
     tick_every: Duration,
     next_tick: Instant,
-    ticks: u64,
+    /// Read by the `host://ticks` resource.
+    ticks: Arc<AtomicU64>,
     /// Calls of the `wait` tool, as the handler hands them over.
     waits: mpsc::Receiver<(CallId, Duration)>,
     /// Those calls with the time they finish.
@@ -73,6 +76,18 @@ impl Host {
         server
             .add_tool(wait)
             .map_err(|_| io::Error::other("the tool name is taken"))?;
+        let ticks = Arc::new(AtomicU64::new(0));
+        let counter = ticks.clone();
+        let resource = Resource {
+            uri: "host://ticks".into(),
+            name: "ticks".into(),
+            description: "How many ticks the host has published".into(),
+            mime_type: "text/plain".into(),
+            read: Box::new(move || counter.load(Ordering::Relaxed).to_string()),
+        };
+        server
+            .add_resource(resource)
+            .map_err(|_| io::Error::other("the resource uri is taken"))?;
         Ok(Host {
             poll,
             events: Events::with_capacity(256),
@@ -80,7 +95,7 @@ impl Host {
             echo,
             tick_every,
             next_tick: Instant::now() + tick_every,
-            ticks: 0,
+            ticks,
             waits,
             pending: Vec::new(),
         })
@@ -115,11 +130,12 @@ impl Host {
             }
         }
         if now >= self.next_tick {
-            self.ticks += 1;
-            let data = serde_json::json!({ "tick": self.ticks });
+            let tick = self.ticks.fetch_add(1, Ordering::Relaxed) + 1;
+            let data = serde_json::json!({ "tick": tick });
             if let Err(e) = self.server.publish(now, "ticks", Some("tick"), &data) {
                 eprintln!("tick not published: {}", e.reason());
             }
+            self.server.resource_updated(now, "host://ticks");
             self.next_tick = now + self.tick_every;
         }
         self.server.on_timeout(Instant::now());

@@ -74,4 +74,4 @@ pub mod features;
 pub mod proto;
 
 pub use driver::{Publisher, PublisherError, Server, TokenRange};
-pub use proto::engine::{CallId, Tool, ToolHandler, ToolReply};
+pub use proto::engine::{CallId, Resource, ResourceReader, Tool, ToolHandler, ToolReply};

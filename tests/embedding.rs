@@ -173,7 +173,7 @@ fn mcp_post(addr: SocketAddr, session: Option<&str>, body: &str) -> String {
 }
 
 #[test]
-fn a_tool_of_the_host_answers_later_with_progress() {
+fn a_tool_of_the_host_answers_later_with_progress_and_its_resource_is_read() {
     let host = start_host();
     let init = mcp_post(
         host.http,
@@ -205,6 +205,22 @@ fn a_tool_of_the_host_answers_later_with_progress() {
         .find(r#""id":3,"result":{"content":[{"type":"text","text":"waited"}],"isError":false}"#)
         .expect("the answer");
     assert!(progress < answer);
+    // The host's resource is listed and read.
+    let list = mcp_post(
+        host.http,
+        Some(&session),
+        r#"{"jsonrpc":"2.0","id":5,"method":"resources/list"}"#,
+    );
+    assert!(list.contains(r#""uri":"host://ticks""#), "{list}");
+    let read = mcp_post(
+        host.http,
+        Some(&session),
+        r#"{"jsonrpc":"2.0","id":6,"method":"resources/read","params":{"uri":"host://ticks"}}"#,
+    );
+    assert!(
+        read.contains(r#""mimeType":"text/plain","text":""#),
+        "{read}"
+    );
     // A bad argument is answered at once, as an error result.
     let bad = mcp_post(
         host.http,

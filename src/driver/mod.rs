@@ -22,7 +22,9 @@ use mio::{Events, Interest, Poll, Registry, Token, Waker};
 
 use crate::config::Config;
 use crate::features::Feature;
-use crate::proto::engine::{Action, CallId, Counters, Drained, Engine, RandomSource, Tool};
+use crate::proto::engine::{
+    Action, CallId, Counters, Drained, Engine, RandomSource, Resource, Tool,
+};
 use crate::proto::hub::{self, EventId, HubError};
 use crate::proto::ConnId;
 
@@ -347,6 +349,18 @@ impl Server {
     /// [`Server::tool_finish`] later. A tool whose name is taken is handed back.
     pub fn add_tool(&mut self, tool: Tool) -> Result<(), Box<Tool>> {
         self.engine.add_tool(tool)
+    }
+
+    /// Adds an MCP resource of the embedder (listed, readable, subscribable). A uri that is
+    /// taken, or under `stream://topics/`, is handed back.
+    pub fn add_resource(&mut self, resource: Resource) -> Result<(), Box<Resource>> {
+        self.engine.add_resource(resource)
+    }
+
+    /// Tells the MCP sessions subscribed to resource `uri` that it changed.
+    pub fn resource_updated(&mut self, now: Instant, uri: &str) {
+        self.engine.resource_updated(uri);
+        self.process_actions(now);
     }
 
     /// Reports progress of a tool call that answers later; returns whether it still runs.

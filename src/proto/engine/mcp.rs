@@ -65,6 +65,8 @@ pub(super) struct Mcp {
     calls: Slab<Call>,
     /// Tools added by the embedder.
     tools: Vec<Tool>,
+    /// Resources added by the embedder.
+    resources: Vec<Resource>,
     call_timers: Timers<CallId>,
     call_generation: u32,
 }
@@ -123,6 +125,29 @@ pub struct Tool {
 impl std::fmt::Debug for Tool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Tool").field("name", &self.name).finish()
+    }
+}
+
+/// Reads a resource's contents, as text.
+pub type ResourceReader = dyn FnMut() -> String + Send;
+
+/// A resource an embedder adds: its `resources/list` entry and its reader.
+pub struct Resource {
+    /// Its uri (not under `stream://topics/`, which the hub's topics use).
+    pub uri: String,
+    /// A short name.
+    pub name: String,
+    /// What it is, for clients.
+    pub description: String,
+    /// The media type of its contents.
+    pub mime_type: String,
+    /// Called on the loop's thread for `resources/read`; must not block.
+    pub read: Box<ResourceReader>,
+}
+
+impl std::fmt::Debug for Resource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Resource").field("uri", &self.uri).finish()
     }
 }
 
@@ -810,11 +835,14 @@ impl Engine {
                 }
             }
             "resources/list" => {
-                let resources: Vec<Value> = self
+                let mut resources: Vec<Value> = self
                     .hub
                     .topic_names()
                     .map(|t| json!({"uri": format!("{RESOURCE_PREFIX}{t}"), "name": t, "mimeType": "application/json"}))
                     .collect();
+                resources.extend(self.mcp.resources.iter().map(|r| {
+                    json!({"uri": r.uri, "name": r.name, "description": r.description, "mimeType": r.mime_type})
+                }));
                 ok(json!({ "resources": resources }))
             }
             "resources/templates/list" => ok(json!({"resourceTemplates": [{
@@ -823,38 +851,46 @@ impl Engine {
                 "description": "The retained events of a topic, oldest first",
                 "mimeType": "application/json",
             }]})),
-            "resources/read" => match topic_of(params) {
-                Some(topic) => {
+            "resources/read" => {
+                let uri = params.get("uri").and_then(Value::as_str).unwrap_or("");
+                if let Some(topic) = topic_of(params) {
                     let events: Vec<Value> = self
                         .hub
                         .history(topic, None, usize::MAX)
                         .iter()
                         .filter_map(|e| serde_json::from_str(&e.envelope()).ok())
                         .collect();
-                    ok(json!({"contents": [{
-                        "uri": format!("{RESOURCE_PREFIX}{topic}"),
+                    return ok(json!({"contents": [{
+                        "uri": uri,
                         "mimeType": "application/json",
                         "text": Value::Array(events).to_string(),
-                    }]}))
+                    }]}));
                 }
-                None => fail(
-                    jsonrpc::INVALID_PARAMS,
-                    "unknown resource: expected stream://topics/{topic}",
-                ),
-            },
-            "resources/subscribe" => match topic_of(params) {
-                Some(topic) => match self.mcp_watch(session, topic) {
+                match self.mcp.resources.iter_mut().find(|r| r.uri == uri) {
+                    Some(r) => {
+                        let text = (r.read)();
+                        ok(
+                            json!({"contents": [{"uri": uri, "mimeType": r.mime_type, "text": text}]}),
+                        )
+                    }
+                    None => fail(jsonrpc::INVALID_PARAMS, "unknown resource"),
+                }
+            }
+            "resources/subscribe" => {
+                let uri = params.get("uri").and_then(Value::as_str).unwrap_or("");
+                let known =
+                    topic_of(params).is_some() || self.mcp.resources.iter().any(|r| r.uri == uri);
+                if !known {
+                    return fail(jsonrpc::INVALID_PARAMS, "unknown resource");
+                }
+                match self.mcp_watch(session, uri) {
                     Ok(()) => ok(json!({})),
                     Err(reason) => fail(jsonrpc::INVALID_PARAMS, reason),
-                },
-                None => fail(
-                    jsonrpc::INVALID_PARAMS,
-                    "unknown resource: expected stream://topics/{topic}",
-                ),
-            },
+                }
+            }
             "resources/unsubscribe" => {
-                if let Some(topic) = topic_of(params) {
-                    self.mcp_unwatch(session, topic);
+                if let Some(uri) = params.get("uri").and_then(Value::as_str) {
+                    self.mcp_unwatch(session, uri);
                 }
                 ok(json!({}))
             }
@@ -1417,10 +1453,17 @@ impl Engine {
         }
     }
 
-    /// Tells the sessions watching `topic` that it changed, on their server-to-client stream
-    /// (kept for resumption while it is detached) or their WebSocket.
+    /// Tells the sessions watching the resource of `topic` that it changed.
     pub(super) fn mcp_topic_updated(&mut self, topic: &str) {
-        let Some(sessions) = self.mcp.watchers.get(topic) else {
+        if !self.mcp.watchers.is_empty() {
+            self.resource_updated(&format!("{RESOURCE_PREFIX}{topic}"));
+        }
+    }
+
+    /// Tells the sessions that subscribed to resource `uri` that it changed, on their
+    /// server-to-client stream (kept for resumption while it is detached) or their WebSocket.
+    pub fn resource_updated(&mut self, uri: &str) {
+        let Some(sessions) = self.mcp.watchers.get(uri) else {
             return;
         };
         let targets: Vec<(Box<str>, Target)> = sessions
@@ -1435,16 +1478,23 @@ impl Engine {
                 Some((name.clone(), target))
             })
             .collect();
-        let message = jsonrpc::notification(
-            "notifications/resources/updated",
-            json!({"uri": format!("{RESOURCE_PREFIX}{topic}")}),
-        );
+        let message = jsonrpc::notification("notifications/resources/updated", json!({"uri": uri}));
         for (session, target) in targets {
-            match target {
-                Target::Stream(number) => self.mcp_emit(&session, number, &message),
-                Target::Socket(socket) => self.ws_reply(socket, &message),
-            }
+            self.mcp_deliver(&session, target, &message);
         }
+    }
+
+    /// Adds a resource of the embedder: `resources/list` shows it, `resources/read` calls its
+    /// reader, and clients may subscribe to it ([`Engine::resource_updated`] tells them of a
+    /// change). A uri that is taken, or under `stream://topics/`, is handed back.
+    pub fn add_resource(&mut self, resource: Resource) -> Result<(), Box<Resource>> {
+        let taken = resource.uri.starts_with(RESOURCE_PREFIX)
+            || self.mcp.resources.iter().any(|r| r.uri == resource.uri);
+        if taken {
+            return Err(Box::new(resource));
+        }
+        self.mcp.resources.push(resource);
+        Ok(())
     }
 
     fn mcp_watch(&mut self, session: &str, topic: &str) -> Result<(), &'static str> {

@@ -47,7 +47,7 @@ use mcp::{Mcp, McpStream};
 use std::sync::Arc;
 use websocket::WsConn;
 
-pub use mcp::{CallId, Tool, ToolHandler, ToolReply, PROTOCOL_VERSIONS};
+pub use mcp::{CallId, Resource, ResourceReader, Tool, ToolHandler, ToolReply, PROTOCOL_VERSIONS};
 
 /// How long a closing connection may take to send its last bytes, and then to send its end of
 /// stream after ours, before it is dropped. During a shutdown the drain deadline bounds the
@@ -1806,6 +1806,65 @@ Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhb
         assert!(wire.text(logged).contains(
             r#""method":"notifications/message","params":{"level":"info","logger":"countdown""#
         ));
+    }
+
+    #[test]
+    fn an_embedders_resource_is_read_and_its_subscribers_hear_of_changes() {
+        let mut e = engine(Config::default());
+        let now = Instant::now();
+        let resource = |uri: &str| Resource {
+            uri: uri.into(),
+            name: "n".into(),
+            description: "d".into(),
+            mime_type: "text/plain".into(),
+            read: Box::new(|| "contents".into()),
+        };
+        e.add_resource(resource("app://state")).unwrap();
+        assert!(e.add_resource(resource("app://state")).is_err());
+        assert!(e.add_resource(resource("stream://topics/x")).is_err());
+        let mut wire = Wire::default();
+        let session = open_session(
+            &mut e,
+            now,
+            &mut wire,
+            r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{}}"#,
+        );
+        let read = post_mcp(
+            &mut e,
+            now,
+            Some(&session),
+            r#"{"jsonrpc":"2.0","id":2,"method":"resources/read","params":{"uri":"app://state"}}"#,
+        );
+        let unknown = post_mcp(
+            &mut e,
+            now,
+            Some(&session),
+            r#"{"jsonrpc":"2.0","id":3,"method":"resources/subscribe","params":{"uri":"app://nope"}}"#,
+        );
+        post_mcp(
+            &mut e,
+            now,
+            Some(&session),
+            r#"{"jsonrpc":"2.0","id":4,"method":"resources/subscribe","params":{"uri":"app://state"}}"#,
+        );
+        let listener = subscriber(
+            &mut e,
+            now,
+            &format!("GET /mcp HTTP/1.1\r\nAccept: text/event-stream\r\nMcp-Session-Id: {session}\r\n\r\n"),
+        );
+        wire.run(&mut e);
+        e.resource_updated("app://state");
+        e.resource_updated("app://other");
+        wire.run(&mut e);
+        assert!(wire.text(read).contains(r#""text":"contents""#));
+        assert!(wire.text(unknown).contains("-32602"));
+        let events = wire.text(listener);
+        assert_eq!(
+            events.matches("notifications/resources/updated").count(),
+            1,
+            "{events}"
+        );
+        assert!(events.contains(r#""uri":"app://state""#));
     }
 
     #[test]
