@@ -34,6 +34,8 @@ pub const PROTOCOL_VERSIONS: [&str; 4] = ["2025-11-25", "2025-06-18", "2025-03-2
 const RESOURCE_PREFIX: &str = "stream://topics/";
 /// The most progress steps a `countdown` may ask for.
 const MAX_COUNTDOWN: u64 = 10_000;
+/// The most calls one session may have answering later at once.
+const MAX_CALLS: usize = 64;
 /// The most topics one session may watch.
 const MAX_WATCHED: usize = 256;
 /// The syslog levels of `logging/setLevel`, least severe first.
@@ -793,6 +795,17 @@ impl Engine {
             }
             "tools/call" => {
                 let name = params.get("name").and_then(Value::as_str).unwrap_or("");
+                let busy = self
+                    .mcp
+                    .sessions
+                    .get(session)
+                    .is_some_and(|s| s.calls_open >= MAX_CALLS);
+                if busy {
+                    return fail(
+                        jsonrpc::INTERNAL_ERROR,
+                        "too many calls in progress: at most 64 per session",
+                    );
+                }
                 let arguments = params.get("arguments").cloned().unwrap_or(json!({}));
                 if name == "countdown" {
                     let n = arguments.get("n").and_then(Value::as_u64);

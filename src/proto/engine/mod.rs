@@ -1868,6 +1868,33 @@ Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhb
     }
 
     #[test]
+    fn a_session_may_have_64_calls_in_progress_at_most() {
+        let mut e = engine(Config::default());
+        let now = Instant::now();
+        let mut wire = Wire::default();
+        let stream = subscriber(&mut e, now, "GET /sse HTTP/1.1\r\n\r\n");
+        wire.run(&mut e);
+        let text = wire.text(stream);
+        let path = text.split("event: endpoint\ndata: ").nth(1).unwrap();
+        let path = path.split('\n').next().unwrap().to_string();
+        let body = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"countdown","arguments":{"n":10000,"interval_ms":60000}}}"#;
+        let post = format!(
+            "POST {path} HTTP/1.1\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        for _ in 0..65 {
+            subscriber(&mut e, now, &post);
+        }
+        wire.run(&mut e);
+        let text = wire.text(stream);
+        assert_eq!(
+            text.matches("too many calls in progress").count(),
+            1,
+            "{text}"
+        );
+    }
+
+    #[test]
     fn a_legacy_sse_session_answers_on_its_stream() {
         let mut e = engine(Config::default());
         let now = Instant::now();
