@@ -1,18 +1,17 @@
-//! MCP over Streamable HTTP at the MCP endpoint (`mcp.path`, `/mcp`): sessions, the lifecycle,
-//! the built-in tools and the topic resources.
+//! MCP sessions and their transports: Streamable HTTP at the MCP endpoint (`mcp.path`, `/mcp`),
+//! WebSocket at the same path (subprotocol `mcp`), and the legacy HTTP+SSE transport (the
+//! `legacy` submodule); with the topic resources, the embedder's tools and resources, and calls
+//! that answer later. The built-in tools are in the `tools` submodule.
 //!
-//! A `POST` carries one JSON-RPC message. `initialize` opens a session (`Mcp-Session-Id`, 128
-//! random bits from the driver's source); a notification or response gets `202`; a request is
-//! answered as JSON, or as an SSE stream when it carries a progress token or the tool streams
-//! (`countdown`, whose progress ticks are deadlines of the connection). A `GET` opens the
-//! session's one server-to-client stream, which carries `notifications/resources/updated` for
-//! the topics the session subscribed to; `DELETE` ends the session. Sessions idle past
-//! `session_idle_secs` with no stream open are reaped.
-//!
-//! The legacy HTTP+SSE transport (2024-11-05) shares the sessions: `GET /sse` opens a stream
-//! whose first event, `endpoint`, names `/messages?sessionId=…`; what is posted there gets `202`
-//! and its answers go out on that stream. Streamed tools run as calls with their own deadlines,
-//! so one stream can carry many at once.
+//! Over Streamable HTTP a `POST` carries one JSON-RPC message (a batch on 2025-03-26).
+//! `initialize` opens a session (`Mcp-Session-Id`, 128 random bits from the driver's source); a
+//! notification or response gets `202`; a request is answered as JSON, or on an SSE stream when
+//! it carries a progress token or answers later (`countdown`, an embedder's tool). A `GET` opens
+//! the session's server-to-client stream, which carries `notifications/resources/updated`;
+//! `DELETE` ends the session. Every SSE stream of a session keeps its last messages, so a client
+//! whose connection dropped resumes it with `Last-Event-ID`; a call goes on meanwhile. Calls
+//! have deadlines of their own, so one stream or socket can carry many at once. Sessions idle
+//! past `session_idle_secs` with nothing open are reaped.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
@@ -23,10 +22,15 @@ use slab::Slab;
 use super::{ConnId, Engine, Phase};
 use crate::features::Feature;
 use crate::proto::http::{self, Request};
-use crate::proto::hub::{self, EventId};
+use crate::proto::hub;
 use crate::proto::jsonrpc::{self, Message};
 use crate::proto::sse;
 use crate::proto::timers::{TimerSlot, Timers};
+
+mod legacy;
+mod tools;
+
+use tools::{tool_list, tool_result, ToolError};
 
 /// Protocol revisions served, newest first.
 pub const PROTOCOL_VERSIONS: [&str; 4] = ["2025-11-25", "2025-06-18", "2025-03-26", "2024-11-05"];
@@ -626,116 +630,6 @@ impl Engine {
         }
     }
 
-    /// `GET /sse` (legacy HTTP+SSE): a session living on this stream.
-    pub(super) fn mcp_legacy_open(&mut self, now: Instant, id: ConnId, request: &Request) {
-        let keep_alive = request.keep_alive();
-        let refuse =
-            |status: u16, reason: &str| http::error_response(status, reason, "", keep_alive);
-        let response = if !self.features.is_enabled(Feature::McpTransport) {
-            refuse(501, "MCP transport not enabled")
-        } else if !self.origin_allowed(request) {
-            refuse(403, "origin not allowed")
-        } else if request.method != "GET" {
-            http::error_response(405, "method not allowed", "Allow: GET\r\n", keep_alive)
-        } else if self.mcp.sessions.len() >= self.config.max_connections {
-            http::error_response(
-                503,
-                "too many MCP sessions",
-                "Retry-After: 1\r\n",
-                keep_alive,
-            )
-        } else {
-            match self.mcp_new_session(now) {
-                Some(session) => {
-                    let number = self.mcp_open_stream(now, id, &session, StreamKind::Legacy);
-                    if let Some(s) = self.mcp.sessions.get_mut(session.as_str()) {
-                        s.bound = Some(id);
-                        s.listener = number;
-                    }
-                    let endpoint =
-                        format!("event: endpoint\ndata: /messages?sessionId={session}\n\n");
-                    if let Some(conn) = self.conn_mut(id) {
-                        conn.out.push_owned(endpoint.into_bytes());
-                    }
-                    return;
-                }
-                None => refuse(503, "no random source for a session id"),
-            }
-        };
-        self.respond(now, id, response, keep_alive);
-    }
-
-    /// `POST /messages?sessionId=…` (legacy HTTP+SSE): `202`, the answer goes on the stream.
-    pub(super) fn mcp_legacy_post(
-        &mut self,
-        now: Instant,
-        id: ConnId,
-        request: &Request,
-        body: &[u8],
-    ) {
-        let keep_alive = request.keep_alive();
-        let refuse =
-            |status: u16, reason: &str| http::error_response(status, reason, "", keep_alive);
-        let session = http::query_pairs(&request.query)
-            .find(|(k, _)| k == "sessionId")
-            .map(|(_, v)| v);
-        let response = if !self.features.is_enabled(Feature::McpTransport) {
-            refuse(501, "MCP transport not enabled")
-        } else if !self.origin_allowed(request) {
-            refuse(403, "origin not allowed")
-        } else if request.method != "POST" {
-            http::error_response(405, "method not allowed", "Allow: POST\r\n", keep_alive)
-        } else {
-            match session {
-                None => refuse(400, "missing sessionId"),
-                Some(session) => {
-                    let stream = self
-                        .mcp
-                        .sessions
-                        .get(session.as_str())
-                        .filter(|s| s.listener.is_some())
-                        .and_then(|s| s.bound);
-                    match stream {
-                        None => refuse(404, "unknown session"),
-                        Some(stream) => {
-                            self.mcp_legacy_message(now, &session, stream, body, keep_alive)
-                        }
-                    }
-                }
-            }
-        };
-        self.respond(now, id, response, keep_alive);
-    }
-
-    fn mcp_legacy_message(
-        &mut self,
-        now: Instant,
-        session: &str,
-        stream: ConnId,
-        body: &[u8],
-        keep_alive: bool,
-    ) -> Vec<u8> {
-        let value: Value = match serde_json::from_slice(body) {
-            Ok(v) => v,
-            Err(e) => {
-                return http::error_response(400, &format!("invalid JSON: {e}"), "", keep_alive)
-            }
-        };
-        let message = match jsonrpc::parse(&value) {
-            Ok(m) => m,
-            Err(invalid) => return http::error_response(400, invalid.message, "", keep_alive),
-        };
-        self.mcp_touch(now, session);
-        self.mcp_message(now, session, stream, message);
-        http::response(
-            202,
-            "text/plain; charset=utf-8",
-            b"Accepted",
-            "",
-            keep_alive,
-        )
-    }
-
     /// A notification from a client: `notifications/cancelled` stops the streamed call it
     /// names (no answer is sent for it); the others need nothing.
     fn mcp_notification(&mut self, now: Instant, session: &str, method: &str, params: &Value) {
@@ -908,59 +802,6 @@ impl Engine {
                 ok(json!({}))
             }
             _ => fail(jsonrpc::METHOD_NOT_FOUND, "Method not found"),
-        }
-    }
-
-    /// The built-in tools that answer at once.
-    fn call_tool(
-        &mut self,
-        now: Instant,
-        name: &str,
-        arguments: &Value,
-    ) -> Result<String, ToolError> {
-        match name {
-            "echo" => match arguments.get("text").and_then(Value::as_str) {
-                Some(text) => Ok(text.to_owned()),
-                None => Err(ToolError::Failed("echo needs text, a string".into())),
-            },
-            "publish" => {
-                let topic = arguments.get("topic").and_then(Value::as_str).unwrap_or("");
-                let event = arguments.get("event").and_then(Value::as_str);
-                let data = arguments.get("data").unwrap_or(&Value::Null);
-                match self.publish(now, topic, event, data) {
-                    Ok(id) => Ok(json!({"id": id.to_string()}).to_string()),
-                    Err(e) => Err(ToolError::Failed(e.reason().into())),
-                }
-            }
-            "history" => {
-                let topic = arguments.get("topic").and_then(Value::as_str).unwrap_or("");
-                if !hub::valid_topic(topic) {
-                    return Err(ToolError::Failed(
-                        hub::HubError::InvalidTopic.reason().into(),
-                    ));
-                }
-                let since = arguments
-                    .get("since")
-                    .and_then(Value::as_str)
-                    .and_then(EventId::parse);
-                let limit = arguments
-                    .get("limit")
-                    .and_then(Value::as_u64)
-                    .map_or(usize::MAX, |l| l as usize);
-                let events: Vec<Value> = self
-                    .hub
-                    .history(topic, since, limit)
-                    .iter()
-                    .filter_map(|e| serde_json::from_str(&e.envelope()).ok())
-                    .collect();
-                Ok(Value::Array(events).to_string())
-            }
-            "topics" => {
-                let mut names: Vec<&str> = self.hub.topic_names().collect();
-                names.sort_unstable();
-                Ok(json!(names).to_string())
-            }
-            _ => Err(ToolError::Unknown),
         }
     }
 
@@ -1606,15 +1447,6 @@ fn initialize_result(version: &str) -> Value {
     })
 }
 
-/// A `tools/call` result: text content, or an error text with `isError`.
-fn tool_result(result: Result<String, String>) -> Value {
-    let (text, is_error) = match result {
-        Ok(text) => (text, false),
-        Err(text) => (text, true),
-    };
-    json!({"content": [{"type": "text", "text": text}], "isError": is_error})
-}
-
 /// The progress token of a request, if it asked for progress.
 fn progress_token(params: &Value) -> Option<Value> {
     params
@@ -1622,11 +1454,6 @@ fn progress_token(params: &Value) -> Option<Value> {
         .and_then(|m| m.get("progressToken"))
         .filter(|t| t.is_string() || t.is_number())
         .cloned()
-}
-
-enum ToolError {
-    Unknown,
-    Failed(String),
 }
 
 /// Whether `Accept` lists `kind` (or a wildcard that covers it) with a quality above zero.
@@ -1656,45 +1483,6 @@ fn topic_of(params: &Value) -> Option<&str> {
         .and_then(Value::as_str)
         .and_then(|uri| uri.strip_prefix(RESOURCE_PREFIX))
         .filter(|t| hub::valid_topic(t))
-}
-
-/// The built-in tools, as `tools/list` gives them.
-fn tool_list() -> Value {
-    json!([
-        {
-            "name": "echo",
-            "description": "Returns the text it is given",
-            "inputSchema": {"type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"]},
-        },
-        {
-            "name": "countdown",
-            "description": "Sends n progress notifications, interval_ms apart, then returns done",
-            "inputSchema": {"type": "object", "properties": {
-                "n": {"type": "integer", "minimum": 0, "maximum": MAX_COUNTDOWN},
-                "interval_ms": {"type": "integer", "minimum": 1, "default": 100},
-            }, "required": ["n"]},
-        },
-        {
-            "name": "publish",
-            "description": "Publishes an event on a topic of the hub; returns its id",
-            "inputSchema": {"type": "object", "properties": {
-                "topic": {"type": "string"}, "event": {"type": "string"}, "data": {},
-            }, "required": ["topic"]},
-        },
-        {
-            "name": "history",
-            "description": "The retained events of a topic, oldest first",
-            "inputSchema": {"type": "object", "properties": {
-                "topic": {"type": "string"}, "since": {"type": "string"},
-                "limit": {"type": "integer", "minimum": 0},
-            }, "required": ["topic"]},
-        },
-        {
-            "name": "topics",
-            "description": "The names of the hub's topics",
-            "inputSchema": {"type": "object", "properties": {}},
-        },
-    ])
 }
 
 #[cfg(test)]
