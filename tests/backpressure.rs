@@ -9,40 +9,16 @@
 
 mod common;
 
-use common::{publish_on, seq_of, Client, Sse, TestServer};
+use common::load::{
+    backpressure_server, client_with_small_rcvbuf, events_to_overflow, PAYLOAD, SLOW_RCVBUF,
+};
+use common::{publish_on, seq_of, Sse, TestServer};
 use serde_json::json;
-use socket2::{Domain, Socket, Type};
-
-/// Bytes of data per event (each SSE block is a little larger).
-const PAYLOAD: usize = 3000;
-/// The slow subscriber's receive buffer (the kernel doubles it).
-const SLOW_RCVBUF: usize = 4096;
-/// The server's queue bound in these tests.
-const MAX_QUEUE: usize = 65536;
-
-/// How many events to publish so that they cannot all fit in what lies between the server and a
-/// subscriber that does not read: the server's send buffer (autotuned, at most `tcp_wmem`'s
-/// maximum), the subscriber's fixed receive buffer and the server's queue; with a margin.
-fn events_to_overflow() -> usize {
-    let buffered = common::kernel_send_buffer_max() + 2 * SLOW_RCVBUF + MAX_QUEUE;
-    (buffered / PAYLOAD * 5 / 4).max(1000)
-}
-
-fn server(policy: &str) -> TestServer {
-    TestServer::with_config(json!({"streaming": {"backpressure": {
-        "max_queue_bytes": MAX_QUEUE,
-        "slow_consumer": policy,
-    }}}))
-}
 
 /// A subscriber with a tiny receive buffer that reads its opening and then stops reading.
 fn slow_subscriber(server: &TestServer, topic: &str) -> Sse {
-    let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
-    // Before connect, so that the window it advertises stays small.
-    socket.set_recv_buffer_size(SLOW_RCVBUF).unwrap();
-    socket.connect(&server.addr.into()).unwrap();
     let mut sse = Sse::try_open(
-        Client::from_stream(socket.into()),
+        client_with_small_rcvbuf(server, SLOW_RCVBUF),
         &format!("topic={topic}"),
         &[],
     )
@@ -81,7 +57,7 @@ fn publish_in_step(server: &TestServer, good: &mut Sse, topic: &str, count: usiz
 
 #[test]
 fn disconnect_policy_closes_a_subscriber_that_stops_reading_and_spares_the_reader() {
-    let server = server("disconnect");
+    let server = backpressure_server("disconnect");
     let mut good = server.sse("topic=load");
     good.read_opening();
     let mut slow = slow_subscriber(&server, "load");
@@ -126,7 +102,7 @@ fn disconnect_policy_closes_a_subscriber_that_stops_reading_and_spares_the_reade
 
 #[test]
 fn drop_oldest_policy_tells_a_slow_subscriber_exactly_how_many_events_it_lost() {
-    let server = server("drop_oldest");
+    let server = backpressure_server("drop_oldest");
     let mut good = server.sse("topic=load");
     good.read_opening();
     let mut slow = slow_subscriber(&server, "load");
@@ -203,11 +179,8 @@ fn a_pipelining_client_that_never_reads_its_answers_is_cut_off() {
     // Responses are output too: a client that keeps sending requests without reading the
     // answers must not make the server queue without bound. It keeps writing until the server
     // cuts it off (a reset, since its requests are left unread); only that ends the loop.
-    let server = server("disconnect");
-    let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
-    socket.set_recv_buffer_size(SLOW_RCVBUF).unwrap();
-    socket.connect(&server.addr.into()).unwrap();
-    let mut hog = Client::from_stream(socket.into());
+    let server = backpressure_server("disconnect");
+    let mut hog = client_with_small_rcvbuf(&server, SLOW_RCVBUF);
     let one = common::request_bytes("GET", "/", &[], b"");
     let batch: Vec<u8> = one.iter().copied().cycle().take(one.len() * 200).collect();
     let started = std::time::Instant::now();

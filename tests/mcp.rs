@@ -11,34 +11,20 @@ mod common;
 use std::net::SocketAddr;
 use std::sync::{Arc, Barrier};
 use std::thread;
-use std::time::{Duration, Instant};
 
+use common::mcp::{
+    countdown, done, notification, post_headers, post_stream, progress, read_messages_to_end, rpc,
+    split_event_id, stream_message, try_open_stream, updated, wait_until, StreamMessage,
+    ACCEPT_BOTH, TRICKY,
+};
 use common::ws::RawWs;
-use common::{request_bytes, Block, Client, Response, Sse, TestServer, WAIT};
+use common::{request_bytes, Client, Response, Sse, TestServer, WAIT};
 use serde_json::{json, Value};
 
-const ACCEPT_BOTH: &str = "application/json, text/event-stream";
 const VERSIONS: [&str; 4] = ["2025-11-25", "2025-06-18", "2025-03-26", "2024-11-05"];
-
-/// Quotes, backslashes, every JSON escape, control characters, U+2028/U+2029 and non-ASCII of
-/// every UTF-8 length.
-const TRICKY: &str = "she said \"hi\" \\ back\\\\slash \\\" \u{0} \u{1} \u{1f} tab\t nl\n cr\r \
-                      / \u{7f} \u{2028}\u{2029} héllo — 日本語 🎉 \u{10ffff}";
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
-
-fn rpc(id: Value, method: &str, params: Value) -> Value {
-    let mut m = json!({"jsonrpc": "2.0", "id": id, "method": method});
-    if !params.is_null() {
-        m["params"] = params;
-    }
-    m
-}
-
-fn notification(method: &str) -> Value {
-    json!({"jsonrpc": "2.0", "method": method})
-}
 
 fn initialize_message(id: Value, version: Option<&str>) -> Value {
     let mut params = json!({
@@ -49,18 +35,6 @@ fn initialize_message(id: Value, version: Option<&str>) -> Value {
         params["protocolVersion"] = json!(v);
     }
     rpc(id, "initialize", params)
-}
-
-/// The usual headers of a POST: both media types accepted, a JSON body, the session if any.
-fn post_headers(session: Option<&str>) -> Vec<(&str, &str)> {
-    let mut h = vec![
-        ("Accept", ACCEPT_BOTH),
-        ("Content-Type", "application/json"),
-    ];
-    if let Some(s) = session {
-        h.push(("Mcp-Session-Id", s));
-    }
-    h
 }
 
 /// `POST /mcp` of `body` with `headers` on a new connection.
@@ -147,44 +121,6 @@ fn tool_text(addr: SocketAddr, session: &str, name: &str, arguments: Value) -> S
     content[0]["text"].as_str().expect("text").to_string()
 }
 
-/// Sends `bytes` on `client`; expects `200 text/event-stream` and returns the stream.
-fn open_stream(mut client: Client, bytes: &[u8]) -> Sse {
-    client.send(bytes);
-    try_open_stream(client).unwrap_or_else(|r| panic!("expected an SSE stream: {r:?}"))
-}
-
-/// Reads a response head: `Ok` with the stream for a `200`, `Err` with the whole response
-/// otherwise.
-fn try_open_stream(mut client: Client) -> Result<Sse, Response> {
-    let mut head = client.read_head();
-    if head.status != 200 {
-        let len: usize = head
-            .header("content-length")
-            .map(|v| v.parse().unwrap())
-            .unwrap_or(0);
-        head.body = client.read_exact_body(len);
-        return Err(head);
-    }
-    assert_eq!(
-        head.header("content-type"),
-        Some("text/event-stream"),
-        "{head:?}"
-    );
-    assert!(head.header("content-length").is_none(), "{head:?}");
-    Ok(Sse { client, head })
-}
-
-/// POSTs `message` in `session` and expects it answered as an SSE stream.
-fn post_stream(addr: SocketAddr, session: &str, message: &Value) -> Sse {
-    let bytes = request_bytes(
-        "POST",
-        "/mcp",
-        &post_headers(Some(session)),
-        message.to_string().as_bytes(),
-    );
-    open_stream(Client::connect(addr), &bytes)
-}
-
 /// `GET /mcp` in `session` with `extra` headers.
 fn try_get_stream(
     addr: SocketAddr,
@@ -211,28 +147,6 @@ fn get_stream(addr: SocketAddr, session: &str) -> Sse {
     sse
 }
 
-/// One JSON-RPC message of an MCP SSE stream: its event id and the message.
-#[derive(Debug)]
-struct StreamMessage {
-    id: String,
-    message: Value,
-}
-
-fn stream_message(b: &Block) -> StreamMessage {
-    assert!(
-        b.event.is_none(),
-        "MCP events are unnamed (message): {:?}",
-        b.raw
-    );
-    StreamMessage {
-        id: b
-            .id
-            .clone()
-            .unwrap_or_else(|| panic!("event without id: {:?}", b.raw)),
-        message: b.json(),
-    }
-}
-
 /// Reads a streamed answer to its end: the `retry:` block first, then events (no heartbeats
 /// expected on an answer), then the end of the stream.
 fn read_answer(sse: &mut Sse) -> Vec<StreamMessage> {
@@ -243,22 +157,7 @@ fn read_answer(sse: &mut Sse) -> Vec<StreamMessage> {
         "{:?}",
         opening.raw
     );
-    let mut out = Vec::new();
-    while let Some(b) = sse.try_next_block() {
-        out.push(stream_message(&b));
-    }
-    out
-}
-
-/// Splits an MCP event id `<stream>-<n>`.
-fn split_event_id(id: &str) -> (u64, u64) {
-    let (s, n) = id
-        .split_once('-')
-        .unwrap_or_else(|| panic!("event id {id:?} has no '-'"));
-    (
-        s.parse().unwrap_or_else(|_| panic!("event id {id:?}")),
-        n.parse().unwrap_or_else(|_| panic!("event id {id:?}")),
-    )
+    read_messages_to_end(sse)
 }
 
 /// The next non-heartbeat message of a GET stream.
@@ -268,12 +167,7 @@ fn next_message(sse: &mut Sse) -> StreamMessage {
 
 /// Asserts that `m` is `notifications/resources/updated` for `topic`.
 fn assert_updated(m: &StreamMessage, topic: &str) {
-    assert_eq!(
-        m.message,
-        json!({"jsonrpc": "2.0", "method": "notifications/resources/updated",
-               "params": {"uri": format!("stream://topics/{topic}")}}),
-        "{m:?}"
-    );
+    assert_eq!(m.message, updated(topic), "{m:?}");
 }
 
 /// Whether the server still knows `session`, asked without using it: a request with an
@@ -295,24 +189,6 @@ fn session_exists(addr: SocketAddr, session: &str) -> bool {
     }
 }
 
-/// Polls `condition` until it holds; fails after [`WAIT`].
-fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
-    let deadline = Instant::now() + WAIT;
-    while !condition() {
-        assert!(Instant::now() < deadline, "{what}: not within {WAIT:?}");
-        thread::sleep(Duration::from_millis(20)); // polling a condition, with a bound
-    }
-}
-
-fn countdown(id: Value, n: u64, interval_ms: u64, token: Option<Value>) -> Value {
-    let mut params =
-        json!({"name": "countdown", "arguments": {"n": n, "interval_ms": interval_ms}});
-    if let Some(t) = token {
-        params["_meta"] = json!({"progressToken": t});
-    }
-    rpc(id, "tools/call", params)
-}
-
 /// Checks a whole countdown answer: progress 1..=n (when a token was given) with total n, then
 /// the result; event ids `<s>-1`, `<s>-2`, ... of one stream. Returns the stream number.
 fn assert_countdown(messages: &[StreamMessage], id: &Value, n: u64, token: Option<&Value>) -> u64 {
@@ -330,18 +206,13 @@ fn assert_countdown(messages: &[StreamMessage], id: &Value, n: u64, token: Optio
         for (k, m) in messages[..progress_count].iter().enumerate() {
             assert_eq!(
                 m.message,
-                json!({"jsonrpc": "2.0", "method": "notifications/progress",
-                       "params": {"progressToken": token, "progress": k + 1, "total": n}}),
+                progress(token, k as u64 + 1, n),
                 "progress {}",
                 k + 1
             );
         }
     }
-    assert_eq!(
-        messages[progress_count].message,
-        json!({"jsonrpc": "2.0", "id": id,
-               "result": {"content": [{"type": "text", "text": "done"}], "isError": false}}),
-    );
+    assert_eq!(messages[progress_count].message, done(id),);
     stream
 }
 

@@ -21,37 +21,22 @@ mod common;
 use std::net::{SocketAddr, TcpStream};
 use std::sync::{mpsc, Arc};
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
+use common::mcp::{
+    countdown, done, notification, post_headers, post_stream, progress, read_messages_to_end, rpc,
+    split_event_id, stream_message, try_open_stream, updated, wait_until, StreamMessage, TRICKY,
+};
 use common::ws::{assert_switched, upgrade_headers, upgrade_request};
-use common::{request_bytes, Block, Client, Response, Sse, TestServer, WAIT};
+use common::{request_bytes, Client, Response, Sse, TestServer, WAIT};
 use mcp_stream::features::Feature;
 use serde_json::{json, Value};
 use tungstenite::client::IntoClientRequest;
 use tungstenite::protocol::WebSocket;
 use tungstenite::Message;
 
-/// Quotes, backslashes, every JSON escape, control characters, U+2028/U+2029 and non-ASCII of
-/// every UTF-8 length.
-const TRICKY: &str = "she said \"hi\" \\ back\\\\slash \\\" \u{0} \u{1} \u{1f} tab\t nl\n cr\r \
-                      / \u{7f} \u{2028}\u{2029} héllo — 日本語 🎉 \u{10ffff}";
-
-const ACCEPT_BOTH: &str = "application/json, text/event-stream";
-
 // ---------------------------------------------------------------------------------------------
 // JSON-RPC helpers
-
-fn rpc(id: Value, method: &str, params: Value) -> Value {
-    let mut m = json!({"jsonrpc": "2.0", "id": id, "method": method});
-    if !params.is_null() {
-        m["params"] = params;
-    }
-    m
-}
-
-fn notification(method: &str) -> Value {
-    json!({"jsonrpc": "2.0", "method": method})
-}
 
 fn initialize_message(id: Value, version: &str) -> Value {
     rpc(
@@ -65,28 +50,18 @@ fn initialize_message(id: Value, version: &str) -> Value {
     )
 }
 
-fn countdown(id: Value, n: u64, interval_ms: u64, token: Option<Value>) -> Value {
-    let mut params =
-        json!({"name": "countdown", "arguments": {"n": n, "interval_ms": interval_ms}});
-    if let Some(t) = token {
-        params["_meta"] = json!({"progressToken": t});
-    }
-    rpc(id, "tools/call", params)
-}
-
-fn progress(token: &Value, k: u64, n: u64) -> Value {
-    json!({"jsonrpc": "2.0", "method": "notifications/progress",
-           "params": {"progressToken": token, "progress": k, "total": n}})
-}
-
-fn done(id: &Value) -> Value {
-    json!({"jsonrpc": "2.0", "id": id,
-           "result": {"content": [{"type": "text", "text": "done"}], "isError": false}})
-}
-
-fn updated(topic: &str) -> Value {
-    json!({"jsonrpc": "2.0", "method": "notifications/resources/updated",
-           "params": {"uri": format!("stream://topics/{topic}")}})
+/// Initializes a Streamable HTTP session with `POST /mcp`; asserts `200` and returns its id.
+fn initialize_http(addr: SocketAddr) -> String {
+    let r = Client::connect(addr).request(
+        "POST",
+        "/mcp",
+        &post_headers(None),
+        initialize_message(json!(1), "2025-11-25")
+            .to_string()
+            .as_bytes(),
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+    r.header("mcp-session-id").expect("session id").to_string()
 }
 
 /// The `result` of a JSON-RPC response to `id`; panics on an error or another id.
@@ -114,71 +89,6 @@ fn error_code(v: &Value, id: &Value) -> i64 {
     assert!(v.get("result").is_none(), "{v}");
     assert!(v["error"]["message"].is_string(), "{v}");
     v["error"]["code"].as_i64().unwrap_or_else(|| panic!("{v}"))
-}
-
-/// Splits an MCP event id `<stream>-<n>`.
-fn split_event_id(id: &str) -> (u64, u64) {
-    let (s, n) = id
-        .split_once('-')
-        .unwrap_or_else(|| panic!("event id {id:?} has no '-'"));
-    (
-        s.parse().unwrap_or_else(|_| panic!("event id {id:?}")),
-        n.parse().unwrap_or_else(|_| panic!("event id {id:?}")),
-    )
-}
-
-/// Polls `condition` until it holds; fails after [`WAIT`].
-fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
-    let deadline = Instant::now() + WAIT;
-    while !condition() {
-        assert!(Instant::now() < deadline, "{what}: not within {WAIT:?}");
-        thread::sleep(Duration::from_millis(20)); // polling a condition, with a bound
-    }
-}
-
-/// Reads a response head on `client`: `Ok` with the stream for a `200 text/event-stream`,
-/// `Err` with the whole response otherwise.
-fn try_open_stream(mut client: Client) -> Result<Sse, Response> {
-    let mut head = client.read_head();
-    if head.status != 200 {
-        let len: usize = head
-            .header("content-length")
-            .map(|v| v.parse().unwrap())
-            .unwrap_or(0);
-        head.body = client.read_exact_body(len);
-        return Err(head);
-    }
-    assert_eq!(
-        head.header("content-type"),
-        Some("text/event-stream"),
-        "{head:?}"
-    );
-    assert!(head.header("content-length").is_none(), "{head:?}");
-    Ok(Sse { client, head })
-}
-
-/// One JSON-RPC message of an MCP SSE stream: its event id and the message.
-#[derive(Debug)]
-struct StreamMessage {
-    id: String,
-    message: Value,
-}
-
-/// An MCP event: unnamed (a `message` event), with an id and one JSON-RPC message as data.
-fn stream_message(b: &Block) -> StreamMessage {
-    assert!(
-        b.event.is_none(),
-        "MCP events are unnamed (message): {:?}",
-        b.raw
-    );
-    assert_eq!(b.event_name(), "message");
-    StreamMessage {
-        id: b
-            .id
-            .clone()
-            .unwrap_or_else(|| panic!("event without id: {:?}", b.raw)),
-        message: b.json(),
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -396,20 +306,7 @@ fn legacy_sse_an_unknown_session_is_404_and_a_missing_one_is_400() {
     post_messages(addr, "/messages", ping.as_bytes()).assert_error(400);
     post_messages(addr, "/messages?session=abc", ping.as_bytes()).assert_error(400);
     // A Streamable HTTP session is not a legacy one: it has no stream to answer on.
-    let mut c = Client::connect(addr);
-    let r = c.request(
-        "POST",
-        "/mcp",
-        &[
-            ("Accept", ACCEPT_BOTH),
-            ("Content-Type", "application/json"),
-        ],
-        initialize_message(json!(1), "2025-11-25")
-            .to_string()
-            .as_bytes(),
-    );
-    assert_eq!(r.status, 200, "{r:?}");
-    let http_session = r.header("mcp-session-id").expect("session id").to_string();
+    let http_session = initialize_http(addr);
     let target = format!("/messages?sessionId={http_session}");
     post_messages(addr, &target, ping.as_bytes()).assert_error(404);
     // A live legacy session next to them still works.
@@ -837,10 +734,7 @@ fn websocket_the_session_ends_with_the_connection() {
         let r = Client::connect(server.addr).request(
             "POST",
             "/mcp",
-            &[
-                ("Accept", ACCEPT_BOTH),
-                ("Content-Type", "application/json"),
-            ],
+            &post_headers(None),
             body.as_bytes(),
         );
         match r.status {
@@ -853,22 +747,6 @@ fn websocket_the_session_ends_with_the_connection() {
 
 // ---------------------------------------------------------------------------------------------
 // Streamable HTTP: resuming a countdown whose connection dropped
-
-/// POSTs `message` in `session` and expects it answered as an SSE stream.
-fn post_stream(addr: SocketAddr, session: &str, message: &Value) -> Sse {
-    let mut client = Client::connect(addr);
-    client.send(&request_bytes(
-        "POST",
-        "/mcp",
-        &[
-            ("Accept", ACCEPT_BOTH),
-            ("Content-Type", "application/json"),
-            ("Mcp-Session-Id", session),
-        ],
-        message.to_string().as_bytes(),
-    ));
-    try_open_stream(client).unwrap_or_else(|r| panic!("expected an SSE stream: {r:?}"))
-}
 
 /// `GET /mcp` in `session` with `Last-Event-ID: last`.
 fn try_resume(addr: SocketAddr, session: &str, last: &str) -> Result<Sse, Response> {
@@ -913,27 +791,7 @@ fn read_rest(sse: &mut Sse) -> Vec<StreamMessage> {
         "{:?}",
         opening.raw
     );
-    let mut out = Vec::new();
-    while let Some(b) = sse.try_next_block() {
-        out.push(stream_message(&b));
-    }
-    out
-}
-
-fn initialize_http(addr: SocketAddr) -> String {
-    let r = Client::connect(addr).request(
-        "POST",
-        "/mcp",
-        &[
-            ("Accept", ACCEPT_BOTH),
-            ("Content-Type", "application/json"),
-        ],
-        initialize_message(json!(1), "2025-11-25")
-            .to_string()
-            .as_bytes(),
-    );
-    assert_eq!(r.status, 200, "{r:?}");
-    r.header("mcp-session-id").expect("session id").to_string()
+    read_messages_to_end(sse)
 }
 
 /// Starts a countdown (n=6, 50 ms apart) and drops its connection after its first event;
@@ -1000,11 +858,7 @@ fn a_dropped_countdown_runs_to_its_end_with_no_connection_and_is_replayed_whole(
     let r = Client::connect(server.addr).request(
         "POST",
         "/mcp",
-        &[
-            ("Accept", ACCEPT_BOTH),
-            ("Content-Type", "application/json"),
-            ("Mcp-Session-Id", &session),
-        ],
+        &post_headers(Some(&session)),
         rpc(json!(5), "ping", Value::Null).to_string().as_bytes(),
     );
     assert_eq!(r.status, 200, "{r:?}");

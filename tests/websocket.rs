@@ -13,12 +13,14 @@ use std::io::Write;
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
+use common::load::{
+    backpressure_server, client_with_small_rcvbuf, events_to_overflow, PAYLOAD, SLOW_RCVBUF,
+};
 use common::ws::{
     self, RawWs, Ws, OP_BINARY, OP_CLOSE, OP_CONTINUATION, OP_PING, OP_PONG, OP_TEXT,
 };
-use common::{parse_id, publish_on, seq_of, Client, TestServer, WAIT};
+use common::{parse_id, publish_on, seq_of, TestServer, WAIT};
 use serde_json::{json, Value};
-use socket2::{Domain, Socket, Type};
 use tungstenite::Message;
 
 /// Data that must survive every hop unchanged: quotes, backslashes, control characters,
@@ -72,14 +74,6 @@ fn assert_broadcast(v: &Value, from: &str, data: &Value) -> String {
     let id = v["id"].as_str().expect("string id");
     parse_id(id);
     id.to_string()
-}
-
-fn raw_client_with_small_rcvbuf(server: &TestServer, rcvbuf: usize) -> Client {
-    let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
-    // Before connect, so that the window it advertises stays small.
-    socket.set_recv_buffer_size(rcvbuf).unwrap();
-    socket.connect(&server.addr.into()).unwrap();
-    Client::from_stream(socket.into())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1127,32 +1121,10 @@ fn a_raw_peer_that_answers_pings_by_hand_stays_connected() {
 // ---------------------------------------------------------------------------------------------
 // Slow consumers
 
-/// Bytes of data per event (each frame is a little larger).
-const PAYLOAD: usize = 3000;
-/// The slow member's receive buffer (the kernel doubles it).
-const SLOW_RCVBUF: usize = 4096;
-/// The server's queue bound in these tests.
-const MAX_QUEUE: usize = 65536;
-
-/// How many events cannot all fit between the server and a member that does not read: the
-/// server's send buffer (at most `tcp_wmem`'s maximum), the member's receive buffer and the
-/// server's queue; with a margin.
-fn events_to_overflow() -> usize {
-    let buffered = common::kernel_send_buffer_max() + 2 * SLOW_RCVBUF + MAX_QUEUE;
-    (buffered / PAYLOAD * 5 / 4).max(1000)
-}
-
-fn backpressure_server(policy: &str) -> TestServer {
-    TestServer::with_config(json!({"streaming": {"backpressure": {
-        "max_queue_bytes": MAX_QUEUE,
-        "slow_consumer": policy,
-    }}}))
-}
-
 /// A member of `room` with a tiny receive buffer; it reads its welcome and `joined`, then
 /// nothing until the test says.
 fn slow_member(server: &TestServer, room: &str) -> RawWs {
-    let mut raw = RawWs::over(raw_client_with_small_rcvbuf(server, SLOW_RCVBUF));
+    let mut raw = RawWs::over(client_with_small_rcvbuf(server, SLOW_RCVBUF));
     raw.send_json(&json!({"type": "join", "room": room}));
     assert_eq!(raw.next_json(), json!({"type": "joined", "room": room}));
     raw
@@ -1318,7 +1290,7 @@ fn a_client_that_keeps_asking_without_reading_the_replies_is_cut_off() {
     // the server queue without bound. It writes until the server cuts it off (a reset, since
     // its frames are left unread); only that ends the loop.
     let server = backpressure_server("disconnect");
-    let mut hog = RawWs::over(raw_client_with_small_rcvbuf(&server, SLOW_RCVBUF));
+    let mut hog = RawWs::over(client_with_small_rcvbuf(&server, SLOW_RCVBUF));
     let batch: Vec<u8> = ws::text(r#"{"type":"ping"}"#).repeat(2000);
     let started = Instant::now();
     let mut written = 0usize;

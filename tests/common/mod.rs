@@ -17,6 +17,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+pub mod load;
+pub mod mcp;
 pub mod ws;
 
 /// The bound of every wait. It is only reached when something is wrong.
@@ -694,6 +696,12 @@ impl Sse {
     ) -> Result<Sse, Response> {
         let target = format!("/stream/sse?{query}");
         client.send(&request_bytes("GET", &target, headers, b""));
+        Sse::read_open(client)
+    }
+
+    /// Reads the response head of a request already sent on `client`: `Ok` with the stream for
+    /// a `200`, `Err` with the full response otherwise.
+    pub fn read_open(mut client: Client) -> Result<Sse, Response> {
         let mut head = client.read_head();
         if head.status != 200 {
             let len: usize = head
