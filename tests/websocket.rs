@@ -343,9 +343,6 @@ fn websocket_disabled_by_the_config_file_is_a_501() {
 }
 
 #[test]
-#[ignore = "not implemented yet (issue 6): CONTRACT Security says an upgrade whose Origin is not allowed \
-            gets 403 (by default only loopback origins for a loopback listener); \
-            src/proto/engine/websocket.rs open_websocket() never looks at Origin"]
 fn an_upgrade_from_a_foreign_origin_is_refused_with_403() {
     let server = TestServer::start();
     let mut client = server.client();

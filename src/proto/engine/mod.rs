@@ -291,6 +291,35 @@ impl Engine {
         self.features
     }
 
+    /// Whether the request's `Origin` (if any) may open a WebSocket or use MCP: one of
+    /// `allowed_origins` when that list is set; otherwise, for a loopback listener, an origin on
+    /// a loopback host; otherwise one of `cors_origins` (`*` allows any). A request without an
+    /// `Origin` (not from a browser) is allowed.
+    fn origin_allowed(&self, request: &Request) -> bool {
+        let Some(origin) = request.header("origin") else {
+            return true;
+        };
+        let security = &self.config.security;
+        let listed = |list: &[String]| list.iter().any(|a| a == origin || a == "*");
+        if !security.allowed_origins.is_empty() {
+            return listed(&security.allowed_origins);
+        }
+        if !self.config.listen.ip().is_loopback() {
+            return listed(&security.cors_origins);
+        }
+        let host = origin
+            .split_once("://")
+            .map_or(origin, |(_, rest)| rest)
+            .split('/')
+            .next()
+            .unwrap_or("");
+        let host = match host.strip_prefix('[') {
+            Some(v6) => v6.split(']').next().unwrap_or(""),
+            None => host.rsplit_once(':').map_or(host, |(h, _)| h),
+        };
+        matches!(host, "localhost" | "127.0.0.1" | "::1")
+    }
+
     /// Turns a feature on or off. Turning off a transport ends its open streams cleanly; nothing
     /// else is disturbed.
     pub fn set_feature(&mut self, now: Instant, feature: Feature, on: bool) {
@@ -1892,6 +1921,35 @@ Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhb
             1,
             "{text}"
         );
+    }
+
+    #[test]
+    fn origins_follow_the_contract() {
+        let request = |origin: &str| Request {
+            method: "GET".into(),
+            path: "/".into(),
+            query: String::new(),
+            version: 1,
+            headers: vec![("origin".into(), origin.as_bytes().to_vec())],
+        };
+        let loopback = engine(Config::default());
+        assert!(loopback.origin_allowed(&request("http://localhost:3000")));
+        assert!(loopback.origin_allowed(&request("http://[::1]:8080")));
+        assert!(!loopback.origin_allowed(&request("https://evil.example")));
+        assert!(!loopback.origin_allowed(&request("http://127.0.0.1.evil.example")));
+        let mut config = Config {
+            listen: "0.0.0.0:8080".parse().unwrap(),
+            ..Config::default()
+        };
+        assert!(engine(config.clone()).origin_allowed(&request("https://any.example")));
+        config.security.cors_origins = vec!["https://app.example".into()];
+        let restricted = engine(config.clone());
+        assert!(restricted.origin_allowed(&request("https://app.example")));
+        assert!(!restricted.origin_allowed(&request("https://any.example")));
+        config.security.allowed_origins = vec!["https://only.example".into()];
+        let allowed = engine(config);
+        assert!(allowed.origin_allowed(&request("https://only.example")));
+        assert!(!allowed.origin_allowed(&request("https://app.example")));
     }
 
     #[test]

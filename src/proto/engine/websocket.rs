@@ -59,6 +59,8 @@ impl Engine {
             }
         } else if !self.features.is_enabled(Feature::WebsocketStreaming) {
             Some((501, "WebSocket streaming not enabled"))
+        } else if !self.origin_allowed(request) {
+            Some((403, "origin not allowed"))
         } else {
             None
         };

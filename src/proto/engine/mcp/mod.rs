@@ -284,32 +284,6 @@ impl Engine {
         self.respond(now, id, response, keep_alive);
     }
 
-    /// Whether the request's `Origin` (if any) may use the endpoint: one of `allowed_origins`
-    /// when that list is set; otherwise, for a loopback listener, a loopback origin.
-    pub(super) fn origin_allowed(&self, request: &Request) -> bool {
-        let Some(origin) = request.header("origin") else {
-            return true;
-        };
-        let allowed = &self.config.security.allowed_origins;
-        if !allowed.is_empty() {
-            return allowed.iter().any(|a| a == origin || a == "*");
-        }
-        if !self.config.listen.ip().is_loopback() {
-            return true;
-        }
-        let host = origin
-            .split_once("://")
-            .map_or(origin, |(_, rest)| rest)
-            .split('/')
-            .next()
-            .unwrap_or("");
-        let host = match host.strip_prefix('[') {
-            Some(v6) => v6.split(']').next().unwrap_or(""),
-            None => host.rsplit_once(':').map_or(host, |(h, _)| h),
-        };
-        matches!(host, "localhost" | "127.0.0.1" | "::1")
-    }
-
     /// `POST`: one JSON-RPC message. `None` when the connection became a stream.
     fn mcp_post(
         &mut self,
