@@ -23,9 +23,10 @@
 //! phase of a connection has a deadline: head, body, idle and linger. The work of one
 //! `handle_input` call is bounded by the bytes given, which the driver bounds per wake-up.
 
+use std::collections::HashMap;
 use std::collections::VecDeque;
 use std::io::IoSlice;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use slab::Slab;
@@ -107,7 +108,7 @@ pub struct Counters {
     pub events_dropped: u64,
     /// Slow consumers disconnected (`disconnect`).
     pub slow_consumers_disconnected: u64,
-    /// Connections refused with 503 because of `max_connections`.
+    /// Connections refused with 503 (`max_connections`) or 429 (`max_connections_per_ip`).
     pub connections_refused: u64,
 }
 
@@ -175,6 +176,8 @@ struct Conn {
     write_shut: bool,
     /// It counts towards `max_connections` (refused connections do not).
     counted: bool,
+    /// The peer's address, for `max_connections_per_ip`.
+    ip: IpAddr,
 }
 
 /// All connections, the hub and the feature toggles.
@@ -190,6 +193,8 @@ pub struct Engine {
     next_generation: u32,
     next_public_id: u64,
     counted_connections: usize,
+    /// Counted connections by peer address, when `max_connections_per_ip` is set.
+    per_ip: HashMap<IpAddr, usize>,
     drain_deadline: Option<Instant>,
     /// Every WebSocket connection, for broadcasts to all.
     websockets: Slab<ConnId>,
@@ -252,6 +257,7 @@ impl Engine {
             next_generation: 0,
             next_public_id: 0,
             counted_connections: 0,
+            per_ip: HashMap::new(),
             drain_deadline: None,
             websockets: Slab::new(),
             mcp: Mcp::default(),
@@ -380,12 +386,16 @@ impl Engine {
 
     /// A new connection from `peer`. `None`: refuse it outright (drop the socket), because the
     /// engine is shutting down or even the refusal reserve is full. Beyond `max_connections` a
-    /// connection is accepted only to be answered `503` and closed.
-    pub fn accept(&mut self, now: Instant, _peer: SocketAddr) -> Option<ConnId> {
+    /// connection is accepted only to be answered `503` and closed; beyond
+    /// `max_connections_per_ip` from its address, `429`.
+    pub fn accept(&mut self, now: Instant, peer: SocketAddr) -> Option<ConnId> {
         if self.is_shutting_down() || self.conns.len() >= self.max_slots() {
             return None;
         }
-        let counted = self.counted_connections < self.config.max_connections;
+        let ip = peer.ip();
+        let per_ip = self.config.limits.max_connections_per_ip;
+        let over_ip = per_ip > 0 && self.per_ip.get(&ip).is_some_and(|&n| n >= per_ip);
+        let counted = !over_ip && self.counted_connections < self.config.max_connections;
         self.next_generation = self.next_generation.wrapping_add(1);
         self.next_public_id += 1;
         let index = self.conns.insert(Conn {
@@ -400,22 +410,30 @@ impl Engine {
             write_pending: false,
             write_shut: false,
             counted,
+            ip,
         });
         let id = id_of(index, &self.conns[index]);
         self.counters.connections += 1;
         if counted {
             self.counted_connections += 1;
+            if per_ip > 0 {
+                *self.per_ip.entry(ip).or_default() += 1;
+            }
             self.set_deadline(id, now.checked_add(self.config.limits.head_timeout()));
         } else {
             self.counters.connections_refused += 1;
-            self.fail(
-                now,
-                id,
+            let error = if over_ip {
+                HttpError {
+                    status: 429,
+                    reason: "too many connections from this address",
+                }
+            } else {
                 HttpError {
                     status: 503,
                     reason: "server at capacity",
-                },
-            );
+                }
+            };
+            self.fail(now, id, error);
         }
         Some(id)
     }
@@ -694,6 +712,12 @@ impl Engine {
         self.counters.connections -= 1;
         if conn.counted {
             self.counted_connections -= 1;
+            if let Some(n) = self.per_ip.get_mut(&conn.ip) {
+                *n -= 1;
+                if *n == 0 {
+                    self.per_ip.remove(&conn.ip);
+                }
+            }
         }
         self.release(id, conn.phase);
         true
@@ -748,7 +772,7 @@ impl Engine {
 
     /// Answers `id` with an error and closes it.
     fn fail(&mut self, now: Instant, id: ConnId, error: HttpError) {
-        let extra = if error.status == 503 {
+        let extra = if matches!(error.status, 429 | 503) {
             format!("Retry-After: {RETRY_AFTER_SECS}\r\n")
         } else {
             String::new()
@@ -1921,6 +1945,33 @@ Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhb
             1,
             "{text}"
         );
+    }
+
+    #[test]
+    fn connections_per_address_are_capped_and_counted_back() {
+        let mut config = Config::default();
+        config.limits.max_connections_per_ip = 2;
+        let mut e = engine(config);
+        let now = Instant::now();
+        let mut wire = Wire::default();
+        let a: SocketAddr = "10.0.0.1:1000".parse().unwrap();
+        let b: SocketAddr = "10.0.0.2:1000".parse().unwrap();
+        let first = e.accept(now, a).unwrap();
+        e.accept(now, a).unwrap();
+        let third = e.accept(now, a).unwrap();
+        let other = e.accept(now, b).unwrap();
+        wire.run(&mut e);
+        assert!(
+            wire.text(third).starts_with("HTTP/1.1 429 "),
+            "{}",
+            wire.text(third)
+        );
+        assert!(wire.text(third).contains("Retry-After: 1\r\n"));
+        assert!(!wire.sent.contains_key(&other));
+        e.handle_closed(first);
+        let again = e.accept(now, a).unwrap();
+        wire.run(&mut e);
+        assert!(!wire.sent.contains_key(&again), "a slot came back");
     }
 
     #[test]
