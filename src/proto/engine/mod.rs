@@ -1921,6 +1921,40 @@ Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhb
     }
 
     #[test]
+    fn a_session_with_many_open_streams_still_answers_every_request() {
+        let mut e = engine(Config::default());
+        let now = Instant::now();
+        let mut wire = Wire::default();
+        let session = open_session(
+            &mut e,
+            now,
+            &mut wire,
+            r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{}}"#,
+        );
+        let call = r#"{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"countdown","arguments":{"n":3,"interval_ms":60000}}}"#;
+        let streams: Vec<ConnId> = (0..12)
+            .map(|_| post_mcp(&mut e, now, Some(&session), call))
+            .collect();
+        wire.run(&mut e);
+        for id in streams {
+            assert!(
+                wire.text(id).contains("text/event-stream"),
+                "{}",
+                wire.text(id)
+            );
+        }
+        // A deleted session takes its calls with it.
+        let delete = subscriber(
+            &mut e,
+            now,
+            &format!("DELETE /mcp HTTP/1.1\r\nMcp-Session-Id: {session}\r\n\r\n"),
+        );
+        wire.run(&mut e);
+        assert!(wire.text(delete).starts_with("HTTP/1.1 200 "));
+        assert_eq!(e.mcp_calls_in_progress(), 0);
+    }
+
+    #[test]
     fn a_session_may_have_64_calls_in_progress_at_most() {
         let mut e = engine(Config::default());
         let now = Instant::now();
@@ -1930,7 +1964,7 @@ Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhb
         let text = wire.text(stream);
         let path = text.split("event: endpoint\ndata: ").nth(1).unwrap();
         let path = path.split('\n').next().unwrap().to_string();
-        let body = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"countdown","arguments":{"n":10000,"interval_ms":60000}}}"#;
+        let body = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"countdown","arguments":{"n":9,"interval_ms":60000}}}"#;
         let post = format!(
             "POST {path} HTTP/1.1\r\nContent-Length: {}\r\n\r\n{body}",
             body.len()

@@ -36,6 +36,8 @@ use tools::{tool_list, tool_result, ToolError};
 pub const PROTOCOL_VERSIONS: [&str; 4] = ["2025-11-25", "2025-06-18", "2025-03-26", "2024-11-05"];
 /// The prefix of topic resources.
 const RESOURCE_PREFIX: &str = "stream://topics/";
+/// The longest a `countdown` may last, in milliseconds.
+const MAX_COUNTDOWN_MS: u64 = 600_000;
 /// The most progress steps a `countdown` may ask for.
 const MAX_COUNTDOWN: u64 = 10_000;
 /// The most calls one session may have answering later at once.
@@ -389,17 +391,19 @@ impl Engine {
         session: &str,
     ) -> Result<(), Vec<u8>> {
         let keep_alive = request.keep_alive();
-        if !self.mcp.sessions.contains_key(session) {
+        let Some(negotiated) = self.mcp.sessions.get(session).map(|s| s.version) else {
             return Err(http::error_response(404, "unknown session", "", keep_alive));
-        }
-        if let Some(version) = request.header("mcp-protocol-version") {
-            if !PROTOCOL_VERSIONS.contains(&version.trim()) {
-                return Err(http::error_response(
-                    400,
-                    "unsupported MCP-Protocol-Version",
-                    "",
-                    keep_alive,
-                ));
+        };
+        if let Some(version) = request.header("mcp-protocol-version").map(str::trim) {
+            let reason = if !PROTOCOL_VERSIONS.contains(&version) {
+                Some("unsupported MCP-Protocol-Version")
+            } else if version != negotiated {
+                Some("MCP-Protocol-Version is not the one initialize negotiated")
+            } else {
+                None
+            };
+            if let Some(reason) = reason {
+                return Err(http::error_response(400, reason, "", keep_alive));
             }
         }
         self.mcp_touch(now, session);
@@ -479,7 +483,12 @@ impl Engine {
         if has_requests {
             self.mcp_open_stream(now, id, &session, StreamKind::Answer);
         }
-        for message in messages {
+        // Requests first: a cancellation in the same batch must not end the stream before the
+        // batch's other answers are on it.
+        let (requests, others): (Vec<_>, Vec<_>) = messages
+            .into_iter()
+            .partition(|m| matches!(m, Message::Request { .. }));
+        for message in requests.into_iter().chain(others) {
             match message {
                 Message::Notification { method, params } => {
                     self.mcp_notification(now, &session, &method, &params)
@@ -680,19 +689,23 @@ impl Engine {
                     let every = arguments
                         .get("interval_ms")
                         .and_then(Value::as_u64)
-                        .unwrap_or(100);
+                        .unwrap_or(100)
+                        .clamp(1, 60_000);
+                    // A call keeps its session alive: it may not run for long.
+                    let lasts = |n: u64| (n + 1).saturating_mul(every);
                     return match n {
-                        Some(n) if n <= MAX_COUNTDOWN => {
+                        Some(n) if n <= MAX_COUNTDOWN && lasts(n) <= MAX_COUNTDOWN_MS => {
                             let kind = CallKind::Countdown {
                                 done: 0,
                                 total: n,
-                                every: Duration::from_millis(every.clamp(1, 60_000)),
+                                every: Duration::from_millis(every),
                             };
                             Answer::Later(self.mcp_new_call(session, rpc_id, token, kind))
                         }
                         _ => fail(
                             jsonrpc::INVALID_PARAMS,
-                            "countdown needs n, a whole number up to 10000",
+                            "countdown needs n, a whole number up to 10000, and may last at most \
+                             10 minutes ((n + 1) x interval_ms)",
                         ),
                     };
                 }
@@ -702,7 +715,16 @@ impl Engine {
                     return match reply {
                         ToolReply::Later => Answer::Later(call),
                         ToolReply::Done(result) => {
-                            self.mcp.calls.remove(call.index as usize);
+                            // The handler may have finished the call itself already.
+                            let index = call.index as usize;
+                            if self
+                                .mcp
+                                .calls
+                                .get(index)
+                                .is_some_and(|c| c.generation == call.generation)
+                            {
+                                self.mcp.calls.remove(index);
+                            }
                             Answer::Now(jsonrpc::result(rpc_id, tool_result(result)))
                         }
                     };
@@ -874,6 +896,8 @@ impl Engine {
         for topic in &s.watching {
             self.unwatch_topic(session, topic);
         }
+        // Its calls go with it (their heap entries are skipped when they come due).
+        self.mcp.calls.retain(|_, c| *c.session != *session);
         s.logs.values().filter_map(|l| l.attached).collect()
     }
 
@@ -886,6 +910,21 @@ impl Engine {
         kind: StreamKind,
     ) -> Option<u64> {
         let s = self.mcp.sessions.get_mut(session)?;
+        // Finished streams beyond the few kept for resumption go, oldest first; a stream in use
+        // (on a connection, carrying calls, or the session's listener) stays.
+        while s.logs.len() >= MAX_LOGS {
+            let idle = s
+                .logs
+                .iter()
+                .find(|(n, l)| l.attached.is_none() && l.calls_open == 0 && s.listener != Some(**n))
+                .map(|(n, _)| *n);
+            match idle {
+                Some(n) => {
+                    s.logs.remove(&n);
+                }
+                None => break,
+            }
+        }
         s.streams_made += 1;
         let number = s.streams_made;
         s.logs.insert(
@@ -898,20 +937,6 @@ impl Engine {
                 calls_open: 0,
             },
         );
-        // Finished streams beyond the few kept for resumption go, oldest first.
-        while s.logs.len() > MAX_LOGS {
-            let idle = s
-                .logs
-                .iter()
-                .find(|(_, l)| l.attached.is_none() && l.calls_open == 0)
-                .map(|(n, _)| *n);
-            match idle {
-                Some(n) => {
-                    s.logs.remove(&n);
-                }
-                None => break,
-            }
-        }
         self.mcp_attach(now, id, session, number);
         Some(number)
     }
@@ -919,6 +944,9 @@ impl Engine {
     /// Puts stream `number` of `session` on connection `id`: the response head, `retry:`, and
     /// from now on what the stream sends.
     fn mcp_attach(&mut self, now: Instant, id: ConnId, session: &str, number: u64) {
+        if self.conn(id).is_none() {
+            return;
+        }
         let Some(log) = self
             .mcp
             .sessions
@@ -1110,6 +1138,12 @@ impl Engine {
         }
     }
 
+    /// How many calls are answering later, over every session.
+    #[cfg(test)]
+    pub(super) fn mcp_calls_in_progress(&self) -> usize {
+        self.mcp.calls.len()
+    }
+
     /// The next deadline of a streamed call.
     pub(super) fn mcp_next_call(&self) -> Option<Instant> {
         self.mcp.call_timers.next()
@@ -1180,11 +1214,16 @@ impl Engine {
 
     /// Removes the call at `index`; an answer stream left with no call ends.
     fn mcp_finish_call(&mut self, now: Instant, index: usize) {
-        let c = self.mcp.calls.remove(index);
+        let Some(c) = self.mcp.calls.try_remove(index) else {
+            return;
+        };
         let Some(s) = self.mcp.sessions.get_mut(&c.session) else {
             return;
         };
-        s.calls_open = s.calls_open.saturating_sub(1);
+        // Only a call bound to a transport was counted.
+        if c.target.is_some() {
+            s.calls_open = s.calls_open.saturating_sub(1);
+        }
         let Some(Target::Stream(number)) = c.target else {
             return;
         };
