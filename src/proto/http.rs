@@ -390,9 +390,22 @@ pub fn error_body(reason: &str) -> String {
     body
 }
 
-/// A JSON error response.
+/// What a `429` or `503` asks the client to wait, in seconds.
+pub const RETRY_AFTER_SECS: u32 = 1;
+
+/// A JSON error response. A `429` or `503` carries `Retry-After` as well.
 pub fn error_response(status: u16, reason: &str, extra_headers: &str, keep_alive: bool) -> Vec<u8> {
-    json_response(status, &error_body(reason), extra_headers, keep_alive)
+    let retry = if matches!(status, 429 | 503) {
+        format!("Retry-After: {RETRY_AFTER_SECS}\r\n")
+    } else {
+        String::new()
+    };
+    json_response(
+        status,
+        &error_body(reason),
+        &format!("{extra_headers}{retry}"),
+        keep_alive,
+    )
 }
 
 /// The pairs of a query string, percent-decoded (`+` is a space). Pairs that are not UTF-8

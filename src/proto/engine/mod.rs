@@ -63,8 +63,6 @@ const MAX_EVENT_FILTERS: usize = 64;
 /// An input buffer larger than this is freed once empty; smaller ones are kept for the next
 /// request of a keep-alive connection.
 const IDLE_BUFFER_CAPACITY: usize = 4096;
-/// What a `503` asks the client to wait, in seconds.
-const RETRY_AFTER_SECS: u32 = 1;
 
 /// What the driver must do for a connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -772,18 +770,9 @@ impl Engine {
 
     /// Answers `id` with an error and closes it.
     fn fail(&mut self, now: Instant, id: ConnId, error: HttpError) {
-        let extra = if matches!(error.status, 429 | 503) {
-            format!("Retry-After: {RETRY_AFTER_SECS}\r\n")
-        } else {
-            String::new()
-        };
         if let Some(conn) = self.conn_mut(id) {
-            conn.out.push_owned(http::error_response(
-                error.status,
-                error.reason,
-                &extra,
-                false,
-            ));
+            conn.out
+                .push_owned(http::error_response(error.status, error.reason, "", false));
         }
         self.start_closing(now, id);
     }
@@ -1009,19 +998,32 @@ impl Engine {
     fn dispatch(&mut self, now: Instant, id: ConnId, request: Request, body: Vec<u8>) {
         let keep_alive = request.keep_alive();
         let method = request.method.as_str();
-        if request.path == self.config.mcp.path {
-            if ws::wants_upgrade(&request) {
-                return self.open_websocket(now, id, &request, true);
+        let mcp_endpoint = request.path == self.config.mcp.path;
+        if mcp_endpoint || matches!(request.path.as_str(), "/sse" | "/messages") {
+            // Every MCP path, on every transport, is refused alike.
+            if let Some((status, reason)) = self.mcp_refusal(&request) {
+                let response = http::error_response(status, reason, "", keep_alive);
+                let response = if method == "HEAD" {
+                    strip_body(response)
+                } else {
+                    response
+                };
+                return self.respond(now, id, response, keep_alive);
             }
-            return self.mcp_request(now, id, &request, &body);
+            return match request.path.as_str() {
+                _ if mcp_endpoint && ws::wants_upgrade(&request) => {
+                    self.open_websocket(now, id, &request, true)
+                }
+                _ if mcp_endpoint => self.mcp_request(now, id, &request, &body),
+                "/sse" => self.mcp_legacy_open(now, id, &request),
+                _ => self.mcp_legacy_post(now, id, &request, &body),
+            };
         }
         let response = match request.path.as_str() {
             "/health" => match method {
                 "GET" | "HEAD" => http::json_response(200, r#"{"status":"ok"}"#, "", keep_alive),
                 _ => method_not_allowed("GET, HEAD", keep_alive),
             },
-            "/sse" => return self.mcp_legacy_open(now, id, &request),
-            "/messages" => return self.mcp_legacy_post(now, id, &request, &body),
             "/stream/ws" => match method {
                 "GET" => return self.open_websocket(now, id, &request, false),
                 _ => method_not_allowed("GET", keep_alive),
@@ -1088,12 +1090,7 @@ impl Engine {
         }
         let topics = || checked.iter().map(|(topic, _, _)| *topic);
         if !self.hub.has_room_for(topics()) {
-            return http::error_response(
-                503,
-                HubError::TooManyTopics.reason(),
-                &format!("Retry-After: {RETRY_AFTER_SECS}\r\n"),
-                keep_alive,
-            );
+            return http::error_response(503, HubError::TooManyTopics.reason(), "", keep_alive);
         }
         // Room for new topics is made from topics outside the batch.
         self.hub.touch(topics());
@@ -1112,12 +1109,7 @@ impl Engine {
     fn open_sse(&mut self, now: Instant, id: ConnId, request: &Request) {
         let keep_alive = request.keep_alive();
         if let Err((status, reason)) = self.subscribe_sse(now, id, request) {
-            let extra = if status == 503 {
-                format!("Retry-After: {RETRY_AFTER_SECS}\r\n")
-            } else {
-                String::new()
-            };
-            let response = http::error_response(status, reason, &extra, keep_alive);
+            let response = http::error_response(status, reason, "", keep_alive);
             self.respond(now, id, response, keep_alive);
         }
     }

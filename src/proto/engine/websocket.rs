@@ -49,14 +49,9 @@ impl Engine {
         mcp: bool,
     ) {
         let keep_alive = request.keep_alive();
+        // An MCP upgrade has passed the MCP gate already.
         let refused = if mcp {
-            if !self.features.is_enabled(Feature::McpTransport) {
-                Some((501, "MCP transport not enabled"))
-            } else if !self.origin_allowed(request) {
-                Some((403, "origin not allowed"))
-            } else {
-                None
-            }
+            None
         } else if !self.features.is_enabled(Feature::WebsocketStreaming) {
             Some((501, "WebSocket streaming not enabled"))
         } else if !self.origin_allowed(request) {
@@ -84,12 +79,8 @@ impl Engine {
             match self.mcp_bound_session(now, id) {
                 Some(session) => Some(session),
                 None => {
-                    let response = http::error_response(
-                        503,
-                        "too many MCP sessions",
-                        "Retry-After: 1\r\n",
-                        keep_alive,
-                    );
+                    let response =
+                        http::error_response(503, "too many MCP sessions", "", keep_alive);
                     return self.respond(now, id, response, keep_alive);
                 }
             }

@@ -7,7 +7,6 @@ use std::time::Instant;
 use serde_json::Value;
 
 use super::StreamKind;
-use crate::features::Feature;
 use crate::proto::engine::{ConnId, Engine};
 use crate::proto::http::{self, Request};
 use crate::proto::jsonrpc;
@@ -23,19 +22,10 @@ impl Engine {
         let keep_alive = request.keep_alive();
         let refuse =
             |status: u16, reason: &str| http::error_response(status, reason, "", keep_alive);
-        let response = if !self.features.is_enabled(Feature::McpTransport) {
-            refuse(501, "MCP transport not enabled")
-        } else if !self.origin_allowed(request) {
-            refuse(403, "origin not allowed")
-        } else if request.method != "GET" {
+        let response = if request.method != "GET" {
             http::error_response(405, "method not allowed", "Allow: GET\r\n", keep_alive)
         } else if self.mcp.sessions.len() >= self.config.max_connections {
-            http::error_response(
-                503,
-                "too many MCP sessions",
-                "Retry-After: 1\r\n",
-                keep_alive,
-            )
+            http::error_response(503, "too many MCP sessions", "", keep_alive)
         } else {
             match self.mcp_new_session(now) {
                 Some(session) => {
@@ -71,11 +61,7 @@ impl Engine {
         let session = http::query_pairs(&request.query)
             .find(|(k, _)| k == "sessionId")
             .map(|(_, v)| v);
-        let response = if !self.features.is_enabled(Feature::McpTransport) {
-            refuse(501, "MCP transport not enabled")
-        } else if !self.origin_allowed(request) {
-            refuse(403, "origin not allowed")
-        } else if request.method != "POST" {
+        let response = if request.method != "POST" {
             http::error_response(405, "method not allowed", "Allow: POST\r\n", keep_alive)
         } else {
             match session {

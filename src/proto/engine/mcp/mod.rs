@@ -249,33 +249,37 @@ enum Answer {
 }
 
 impl Engine {
-    /// A request to the MCP endpoint.
+    /// Why a request to an MCP path is refused before anything else, if it is: the transport
+    /// is off (501), or its `Origin` is not allowed (403).
+    pub(super) fn mcp_refusal(&self, request: &Request) -> Option<(u16, &'static str)> {
+        if !self.features.is_enabled(Feature::McpTransport) {
+            Some((501, "MCP transport not enabled"))
+        } else if !self.origin_allowed(request) {
+            Some((403, "origin not allowed"))
+        } else {
+            None
+        }
+    }
+
+    /// A request to the MCP endpoint (not refused by [`Engine::mcp_refusal`]).
     pub(super) fn mcp_request(&mut self, now: Instant, id: ConnId, request: &Request, body: &[u8]) {
         let keep_alive = request.keep_alive();
-        let refuse =
-            |status: u16, reason: &str| http::error_response(status, reason, "", keep_alive);
-        let response = if !self.features.is_enabled(Feature::McpTransport) {
-            refuse(501, "MCP transport not enabled")
-        } else if !self.origin_allowed(request) {
-            refuse(403, "origin not allowed")
-        } else {
-            match request.method.as_str() {
-                "POST" => match self.mcp_post(now, id, request, body) {
-                    Some(response) => response,
-                    None => return,
-                },
-                "GET" => match self.mcp_get(now, id, request) {
-                    Some(response) => response,
-                    None => return,
-                },
-                "DELETE" => self.mcp_delete(now, request, keep_alive),
-                _ => http::error_response(
-                    405,
-                    "method not allowed",
-                    "Allow: GET, POST, DELETE\r\n",
-                    keep_alive,
-                ),
-            }
+        let response = match request.method.as_str() {
+            "POST" => match self.mcp_post(now, id, request, body) {
+                Some(response) => response,
+                None => return,
+            },
+            "GET" => match self.mcp_get(now, id, request) {
+                Some(response) => response,
+                None => return,
+            },
+            "DELETE" => self.mcp_delete(now, request, keep_alive),
+            _ => http::error_response(
+                405,
+                "method not allowed",
+                "Allow: GET, POST, DELETE\r\n",
+                keep_alive,
+            ),
         };
         // A HEAD gets the head alone, so that the connection stays in step.
         let response = if request.method == "HEAD" {
@@ -418,21 +422,11 @@ impl Engine {
         keep_alive: bool,
     ) -> Vec<u8> {
         if self.mcp.sessions.len() >= self.config.max_connections {
-            return http::error_response(
-                503,
-                "too many MCP sessions",
-                "Retry-After: 1\r\n",
-                keep_alive,
-            );
+            return http::error_response(503, "too many MCP sessions", "", keep_alive);
         }
         let version = negotiate(params);
         let Some(session) = self.mcp_new_session(now) else {
-            return http::error_response(
-                503,
-                "no random source for a session id",
-                "Retry-After: 1\r\n",
-                keep_alive,
-            );
+            return http::error_response(503, "no random source for a session id", "", keep_alive);
         };
         if let Some(s) = self.mcp.sessions.get_mut(session.as_str()) {
             s.version = version;
