@@ -147,6 +147,19 @@ impl Event {
     }
 }
 
+/// The envelopes of `events` as one JSON array, written from their text (no parse).
+pub fn envelopes_json(events: &[Arc<Event>]) -> String {
+    let mut out = String::from("[");
+    for (i, event) in events.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(&event.envelope());
+    }
+    out.push(']');
+    out
+}
+
 /// Appends `text` as a JSON string literal.
 pub fn push_json_string(out: &mut String, text: &str) {
     out.push_str(&serde_json::Value::from(text).to_string());

@@ -751,16 +751,11 @@ impl Engine {
             "resources/read" => {
                 let uri = params.get("uri").and_then(Value::as_str).unwrap_or("");
                 if let Some(topic) = topic_of(params) {
-                    let events: Vec<Value> = self
-                        .hub
-                        .history(topic, None, usize::MAX)
-                        .iter()
-                        .filter_map(|e| serde_json::from_str(&e.envelope()).ok())
-                        .collect();
+                    let events = self.hub.history(topic, None, usize::MAX);
                     return ok(json!({"contents": [{
                         "uri": uri,
                         "mimeType": "application/json",
-                        "text": Value::Array(events).to_string(),
+                        "text": hub::envelopes_json(&events),
                     }]}));
                 }
                 match self.mcp.resources.iter_mut().find(|r| r.uri == uri) {

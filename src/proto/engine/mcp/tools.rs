@@ -46,13 +46,7 @@ impl Engine {
                     .get("limit")
                     .and_then(Value::as_u64)
                     .map_or(usize::MAX, |l| l as usize);
-                let events: Vec<Value> = self
-                    .hub
-                    .history(topic, since, limit)
-                    .iter()
-                    .filter_map(|e| serde_json::from_str(&e.envelope()).ok())
-                    .collect();
-                Ok(Value::Array(events).to_string())
+                Ok(hub::envelopes_json(&self.hub.history(topic, since, limit)))
             }
             "topics" => {
                 let mut names: Vec<&str> = self.hub.topic_names().collect();
