@@ -1667,6 +1667,9 @@ Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhb
         )
     }
 
+    /// An `initialize` with no preferences.
+    const INITIALIZE: &str = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{}}"#;
+
     /// Initializes an MCP session with `body` and returns its id.
     fn open_session(e: &mut Engine, now: Instant, wire: &mut Wire, body: &str) -> String {
         let init = post_mcp(e, now, None, body);
@@ -1737,12 +1740,7 @@ Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhb
         .unwrap();
         assert!(e.add_tool(tool("later")).is_err());
         let mut wire = Wire::default();
-        let session = open_session(
-            &mut e,
-            now,
-            &mut wire,
-            r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{}}"#,
-        );
+        let session = open_session(&mut e, now, &mut wire, INITIALIZE);
         let first = post_mcp(
             &mut e,
             now,
@@ -1823,12 +1821,7 @@ Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhb
         let mut e = engine(Config::default());
         let now = Instant::now();
         let mut wire = Wire::default();
-        let session = open_session(
-            &mut e,
-            now,
-            &mut wire,
-            r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{}}"#,
-        );
+        let session = open_session(&mut e, now, &mut wire, INITIALIZE);
         let countdown = r#"{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"countdown","arguments":{"n":0}}}"#;
         let quiet = post_mcp(&mut e, now, Some(&session), countdown);
         let bad = post_mcp(
@@ -1868,12 +1861,7 @@ Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhb
         assert!(e.add_resource(resource("app://state")).is_err());
         assert!(e.add_resource(resource("stream://topics/x")).is_err());
         let mut wire = Wire::default();
-        let session = open_session(
-            &mut e,
-            now,
-            &mut wire,
-            r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{}}"#,
-        );
+        let session = open_session(&mut e, now, &mut wire, INITIALIZE);
         let read = post_mcp(
             &mut e,
             now,
@@ -1917,12 +1905,7 @@ Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhb
         let mut e = engine(Config::default());
         let now = Instant::now();
         let mut wire = Wire::default();
-        let session = open_session(
-            &mut e,
-            now,
-            &mut wire,
-            r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{}}"#,
-        );
+        let session = open_session(&mut e, now, &mut wire, INITIALIZE);
         let call = r#"{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"countdown","arguments":{"n":3,"interval_ms":60000}}}"#;
         let streams: Vec<ConnId> = (0..12)
             .map(|_| post_mcp(&mut e, now, Some(&session), call))
