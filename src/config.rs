@@ -200,8 +200,61 @@ pub struct McpConfig {
     pub path: String,
     /// `session_idle_secs`: idle MCP sessions are ended after this (300).
     pub session_idle_secs: u64,
-    /// `stdio`: gateway child command, kept raw: a non-empty string or an object (null: none).
-    pub stdio: Option<Value>,
+    /// `stdio`: the gateway's child command (null: none, the built-in tools serve).
+    pub stdio: Option<StdioCommand>,
+    /// `max_sessions`: MCP sessions at once, so children of a gateway too (null: `max_connections`,
+    /// or 64 with a gateway). Our addition.
+    pub max_sessions: Option<usize>,
+}
+
+/// `mcp.stdio`: how the gateway starts the MCP server that serves each session.
+///
+/// A string runs through `/bin/sh -c` (quotes, variables and `cd x &&` work as in a shell); an
+/// object `{"command", "args", "env", "cwd", "request_timeout_secs", "grace_ms"}` runs
+/// `command` itself with `args`, as MCP clients' own configs do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StdioCommand {
+    /// The program.
+    pub program: String,
+    /// Its arguments.
+    pub args: Vec<String>,
+    /// Variables added to the environment it inherits.
+    pub env: Vec<(String, String)>,
+    /// Its working directory (null: ours).
+    pub cwd: Option<PathBuf>,
+    /// `request_timeout_secs`: how long a request waits for the child's answer; each progress
+    /// notification starts the wait again (120).
+    pub request_timeout_secs: u64,
+    /// `grace_ms`: how long a child is given after its input closes before SIGTERM, and after
+    /// SIGTERM before SIGKILL (2000).
+    pub grace_ms: u64,
+    /// The command as written, for logs and errors.
+    pub display: String,
+}
+
+impl StdioCommand {
+    /// The string form: `command` run by `/bin/sh -c`.
+    pub fn shell(command: &str) -> StdioCommand {
+        StdioCommand {
+            program: "/bin/sh".to_string(),
+            args: vec!["-c".to_string(), command.to_string()],
+            env: Vec::new(),
+            cwd: None,
+            request_timeout_secs: 120,
+            grace_ms: 2000,
+            display: command.to_string(),
+        }
+    }
+
+    /// `request_timeout_secs` as a duration.
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_secs(self.request_timeout_secs)
+    }
+
+    /// `grace_ms` as a duration.
+    pub fn grace(&self) -> Duration {
+        Duration::from_millis(self.grace_ms)
+    }
 }
 
 impl Default for Config {
@@ -304,6 +357,7 @@ impl Default for McpConfig {
             path: "/mcp".to_string(),
             session_idle_secs: 300,
             stdio: None,
+            max_sessions: None,
         }
     }
 }
@@ -365,6 +419,16 @@ impl McpConfig {
     /// `session_idle_secs` as a duration.
     pub fn session_idle(&self) -> Duration {
         Duration::from_secs(self.session_idle_secs)
+    }
+
+    /// The most MCP sessions at once: `max_sessions`, or by default `max_connections` (64 with a
+    /// gateway, whose every session is a process).
+    pub fn session_limit(&self, max_connections: usize) -> usize {
+        match (self.max_sessions, &self.stdio) {
+            (Some(n), _) => n,
+            (None, Some(_)) => 64,
+            (None, None) => max_connections,
+        }
     }
 }
 
@@ -517,13 +581,51 @@ fn j_listen(v: &Value, path: &str) -> Result<SocketAddr, ConfigError> {
     }
 }
 
-fn j_stdio(v: &Value, path: &str) -> Result<Option<Value>, ConfigError> {
-    match v {
-        Value::Null => Ok(None),
-        Value::String(s) if !s.trim().is_empty() => Ok(Some(v.clone())),
-        Value::Object(_) => Ok(Some(v.clone())),
-        _ => type_error(path, "null, a command string or an object", v),
+fn j_stdio(v: &Value, path: &str) -> Result<Option<StdioCommand>, ConfigError> {
+    let object = match v {
+        Value::Null => return Ok(None),
+        Value::String(s) if !s.trim().is_empty() => return Ok(Some(StdioCommand::shell(s))),
+        Value::Object(object) => object,
+        _ => return type_error(path, "null, a command string or an object", v),
+    };
+    let mut command = StdioCommand::shell("");
+    command.args.clear();
+    let mut program = None;
+    for (k, v) in object {
+        let p = join(path, k);
+        match k.as_str() {
+            "command" => match v.as_str().filter(|s| !s.trim().is_empty()) {
+                Some(s) => program = Some(s.to_string()),
+                None => return type_error(&p, "a non-empty string", v),
+            },
+            "args" => command.args = j_string_list(v, &p)?,
+            "env" => {
+                for (name, value) in j_object(v, &p)? {
+                    let value = j_string(value, &join(&p, name))?;
+                    if name.is_empty() || name.contains(['=', '\0']) {
+                        return err(format!(
+                            "\"{p}\" has an invalid variable name {}",
+                            show_str(name)
+                        ));
+                    }
+                    command.env.push((name.clone(), value));
+                }
+            }
+            "cwd" => command.cwd = j_opt_path(v, &p)?,
+            "request_timeout_secs" => command.request_timeout_secs = j_u64(v, &p, POSITIVE)?,
+            "grace_ms" => command.grace_ms = j_u64(v, &p, POSITIVE)?,
+            _ => return unknown_key(&p),
+        }
     }
+    let Some(program) = program else {
+        return err(format!("\"{path}\" needs \"command\""));
+    };
+    command.display = std::iter::once(program.as_str())
+        .chain(command.args.iter().map(String::as_str))
+        .collect::<Vec<_>>()
+        .join(" ");
+    command.program = program;
+    Ok(Some(command))
 }
 
 /// `invalid JSON at line L column C: reason` from a serde_json error.
@@ -792,6 +894,12 @@ impl Config {
                 "path" => c.path = j_string(v, &p)?,
                 "session_idle_secs" => c.session_idle_secs = j_u64(v, &p, POSITIVE)?,
                 "stdio" => c.stdio = j_stdio(v, &p)?,
+                "max_sessions" => {
+                    c.max_sessions = match v {
+                        Value::Null => None,
+                        _ => Some(j_usize(v, &p, POSITIVE)?),
+                    }
+                }
                 _ => return unknown_key(&p),
             }
         }
@@ -885,7 +993,7 @@ impl Config {
             self.tls.key = Some(p.clone());
         }
         if let Some(cmd) = &o.mcp_stdio {
-            self.mcp.stdio = Some(Value::String(cmd.clone()));
+            self.mcp.stdio = Some(StdioCommand::shell(cmd));
         }
     }
 
@@ -996,6 +1104,18 @@ impl Config {
             ));
         }
         check_positive("mcp.session_idle_secs", self.mcp.session_idle_secs)?;
+        if let Some(n) = self.mcp.max_sessions {
+            check_range("mcp.max_sessions", u(n), 1, MAX_CONNECTIONS)?;
+        }
+        if let Some(stdio) = &self.mcp.stdio {
+            check_range(
+                "mcp.stdio.request_timeout_secs",
+                stdio.request_timeout_secs,
+                1,
+                86_400,
+            )?;
+            check_range("mcp.stdio.grace_ms", stdio.grace_ms, 1, 600_000)?;
+        }
         Ok(())
     }
 
@@ -1195,7 +1315,8 @@ mod tests {
                 enabled: true,
                 path: "/mcp".into(),
                 session_idle_secs: 300,
-                stdio: None
+                stdio: None,
+                max_sessions: None
             }
         );
         c.validate().unwrap();
@@ -1342,7 +1463,7 @@ mod tests {
         assert!(!c.mcp.enabled);
         assert_eq!(c.mcp.path, "/rpc");
         assert_eq!(c.mcp.session_idle_secs, 19);
-        assert_eq!(c.mcp.stdio, Some(Value::String("node server.js".into())));
+        assert_eq!(c.mcp.stdio, Some(StdioCommand::shell("node server.js")));
     }
 
     #[test]
@@ -1359,10 +1480,47 @@ mod tests {
 
     #[test]
     fn mcp_stdio_accepts_null_string_object_only() {
-        let c = from_json(r#"{"mcp":{"stdio":{"command":"x","args":["-y"]}}}"#).unwrap();
+        let c = from_json(
+            r#"{"mcp":{"stdio":{"command":"x","args":["-y"],"env":{"A":"1"},"cwd":"/tmp",
+                "request_timeout_secs":5,"grace_ms":100}}}"#,
+        )
+        .unwrap();
         assert_eq!(
             c.mcp.stdio,
-            Some(serde_json::json!({"command":"x","args":["-y"]}))
+            Some(StdioCommand {
+                program: "x".into(),
+                args: vec!["-y".into()],
+                env: vec![("A".into(), "1".into())],
+                cwd: Some("/tmp".into()),
+                request_timeout_secs: 5,
+                grace_ms: 100,
+                display: "x -y".into(),
+            })
+        );
+        assert_eq!(c.mcp.session_limit(1000), 64);
+        assert_eq!(
+            json_err(r#"{"mcp":{"stdio":{"args":[]}}}"#),
+            "\"mcp.stdio\" needs \"command\""
+        );
+        assert_eq!(
+            json_err(r#"{"mcp":{"stdio":{"command":"x","shell":true}}}"#),
+            "unknown key \"mcp.stdio.shell\""
+        );
+        assert_eq!(
+            json_err(r#"{"mcp":{"stdio":{"command":"x","env":{"A":2}}}}"#),
+            "\"mcp.stdio.env.A\" must be a string, got 2"
+        );
+        let shell = from_json(r#"{"mcp":{"stdio":"node a.js","max_sessions":3}}"#).unwrap();
+        let stdio = shell.mcp.stdio.as_ref().unwrap();
+        assert_eq!(
+            (stdio.program.as_str(), &stdio.args[..]),
+            ("/bin/sh", &["-c".to_string(), "node a.js".to_string()][..])
+        );
+        assert_eq!(shell.mcp.session_limit(1000), 3);
+        assert_eq!(Config::default().mcp.session_limit(1000), 1000);
+        assert_eq!(
+            invalid(|c| c.mcp.max_sessions = Some(0)),
+            "\"mcp.max_sessions\" must be between 1 and 4194304, got 0"
         );
         let mut c = from_json(r#"{"mcp":{"stdio":"x"}}"#).unwrap();
         c.apply_json(r#"{"mcp":{"stdio":null}}"#).unwrap();
@@ -1847,7 +2005,7 @@ mod tests {
         let c = Config::load_with(None, no_env, &flags).unwrap();
         assert_eq!(c.listen.port(), 0);
         assert!(c.tls.is_enabled());
-        assert_eq!(c.mcp.stdio, Some(Value::String("python srv.py".into())));
+        assert_eq!(c.mcp.stdio, Some(StdioCommand::shell("python srv.py")));
         // A cert from the flags without any key anywhere fails validation.
         let only_cert = Overrides {
             tls_cert: Some("/c.pem".into()),

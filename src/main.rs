@@ -47,9 +47,6 @@ fn serve(args: &ServeArgs) -> ExitCode {
     if config.tls.is_enabled() {
         return usage_error("TLS is not in this build yet");
     }
-    if config.mcp.stdio.is_some() {
-        return usage_error("the stdio MCP gateway is not in this build yet");
-    }
     let level = args.log_level.unwrap_or(log::LevelFilter::Info);
     if let Err(e) = simple_logger::SimpleLogger::new()
         .with_level(level)
@@ -57,6 +54,12 @@ fn serve(args: &ServeArgs) -> ExitCode {
         .init()
     {
         eprintln!("mcp-stream: cannot set up logging: {e}");
+    }
+    if let Some(stdio) = &config.mcp.stdio {
+        log::info!(
+            "MCP gateway: every session is served by `{}`",
+            stdio.display
+        );
     }
     let server = match Server::bind(config) {
         Ok(server) => server,

@@ -23,10 +23,14 @@ use mio::{Events, Interest, Poll, Registry, Token, Waker};
 use crate::config::Config;
 use crate::features::Feature;
 use crate::proto::engine::{
-    Action, CallId, Counters, Drained, Engine, RandomSource, Resource, Tool,
+    Action, CallId, ChildAction, ChildId, Counters, Drained, Engine, RandomSource, Resource, Tool,
 };
 use crate::proto::hub::{self, EventId, HubError};
 use crate::proto::ConnId;
+
+mod children;
+
+use children::{Children, Pipe};
 
 /// The most bytes read from one connection per wake-up before others get their turn.
 pub const READ_BUDGET: usize = 256 * 1024;
@@ -45,11 +49,13 @@ const READ_BUFFER: usize = 64 * 1024;
 
 /// The tokens a [`Server`] may use in its host's [`Poll`]: `start` and the `len - 1` after it.
 ///
-/// The listener takes `start`, the waker (if enabled) `start + 1`, and connections the rest. A
-/// connection's token carries its slot and, in the bits the range leaves, its generation, so that
-/// an event meant for a closed connection does not reach the next one in its slot. The range
-/// must hold at least `2 + max_connections + 64` tokens; the standalone server uses nearly all of
-/// `usize`.
+/// The listener takes `start`, the waker (if enabled) `start + 1`; with a gateway
+/// (`mcp.stdio`), the pipes of its children take the next `3 × max sessions`; connections take
+/// the rest. A connection's token carries its slot and, in the bits the range leaves, its
+/// generation, so that an event meant for a closed connection does not reach the next one in
+/// its slot (a child's pipe events need no generation: a stale one finds a pipe with nothing to
+/// do). The range must hold at least `2 + max_connections + 64` tokens, plus the children's;
+/// the standalone server uses nearly all of `usize`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TokenRange {
     /// The first token.
@@ -63,6 +69,8 @@ pub struct TokenRange {
 struct Layout {
     start: usize,
     len: usize,
+    /// Tokens of children's pipes: `start + 2` up to `conn_base`.
+    conn_base: usize,
     index_bits: u32,
     generation_mask: usize,
 }
@@ -70,16 +78,22 @@ struct Layout {
 enum TokenKind {
     Listener,
     Waker,
+    Child { index: usize, pipe: Pipe },
     Conn { index: usize, generation: usize },
 }
 
 impl Layout {
-    fn new(range: TokenRange, slots: usize) -> io::Result<Layout> {
-        let conn_tokens = range.len.saturating_sub(2);
+    fn new(range: TokenRange, slots: usize, children: usize) -> io::Result<Layout> {
+        let child_tokens = children.saturating_mul(Pipe::COUNT);
+        let fixed = child_tokens.saturating_add(2);
+        let conn_tokens = range.len.saturating_sub(fixed);
         if conn_tokens < slots || range.start.checked_add(range.len - 1).is_none() {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
-                format!("token range too small: needs at least {} tokens", slots + 2),
+                format!(
+                    "token range too small: needs at least {} tokens",
+                    slots.saturating_add(fixed)
+                ),
             ));
         }
         let index_bits = usize::BITS - (slots.max(2) - 1).leading_zeros();
@@ -96,6 +110,7 @@ impl Layout {
         Ok(Layout {
             start: range.start,
             len: range.len,
+            conn_base: 2 + child_tokens,
             index_bits,
             generation_mask,
         })
@@ -111,7 +126,11 @@ impl Layout {
 
     fn conn(&self, id: ConnId) -> Token {
         let generation = id.generation as usize & self.generation_mask;
-        Token(self.start + 2 + ((generation << self.index_bits) | id.index as usize))
+        Token(self.start + self.conn_base + ((generation << self.index_bits) | id.index as usize))
+    }
+
+    fn child(&self, id: ChildId, pipe: Pipe) -> Token {
+        Token(self.start + 2 + id.index as usize * Pipe::COUNT + pipe.offset())
     }
 
     fn kind(&self, token: Token) -> Option<TokenKind> {
@@ -119,9 +138,13 @@ impl Layout {
         Some(match offset {
             0 => TokenKind::Listener,
             1 => TokenKind::Waker,
+            n if n < self.conn_base => TokenKind::Child {
+                index: (n - 2) / Pipe::COUNT,
+                pipe: Pipe::from_offset((n - 2) % Pipe::COUNT)?,
+            },
             n => TokenKind::Conn {
-                index: (n - 2) & ((1 << self.index_bits) - 1),
-                generation: (n - 2) >> self.index_bits,
+                index: (n - self.conn_base) & ((1 << self.index_bits) - 1),
+                generation: (n - self.conn_base) >> self.index_bits,
             },
         })
     }
@@ -257,6 +280,8 @@ pub struct Server {
     publications_ready: bool,
     publisher: Publisher,
     read_buffer: Box<[u8]>,
+    /// The gateway's child processes.
+    children: Children,
 }
 
 impl Server {
@@ -289,6 +314,7 @@ impl Server {
                 waker: Arc::new(OnceLock::new()),
             },
             read_buffer: vec![0; READ_BUFFER].into_boxed_slice(),
+            children: Children::default(),
         })
     }
 
@@ -299,7 +325,7 @@ impl Server {
 
     /// Registers the listener in `registry` with the tokens of `tokens`. Call once.
     pub fn register(&mut self, registry: &Registry, tokens: TokenRange) -> io::Result<()> {
-        let layout = Layout::new(tokens, self.engine.max_slots())?;
+        let layout = Layout::new(tokens, self.engine.max_slots(), self.engine.max_children())?;
         if let Some(listener) = &mut self.listener {
             registry.register(listener, layout.listener(), Interest::READABLE)?;
         }
@@ -410,6 +436,16 @@ impl Server {
         match kind {
             TokenKind::Listener => self.accept(now),
             TokenKind::Waker => self.take_publications(now),
+            TokenKind::Child { index, pipe } => {
+                let Some(id) = self.children.id_at(index) else {
+                    return;
+                };
+                match pipe {
+                    Pipe::Stdin => self.child_flush(now, id),
+                    Pipe::Stdout => self.child_read(now, id),
+                    Pipe::Stderr => self.child_read_stderr(id),
+                }
+            }
             TokenKind::Conn { index, generation } => {
                 let Some(id) = self.socket_id(index, generation) else {
                     return;
@@ -429,13 +465,21 @@ impl Server {
     /// How long the host may sleep before calling [`Server::on_timeout`]: zero while work is
     /// left over from a budget, `None` when nothing is due.
     pub fn poll_timeout(&self, now: Instant) -> Option<Duration> {
-        if !self.ready.is_empty() || self.accept_ready || self.publications_ready {
+        if !self.ready.is_empty()
+            || self.accept_ready
+            || self.publications_ready
+            || self.children.has_ready()
+        {
             return Some(Duration::ZERO);
         }
-        let next = match (self.engine.poll_timeout(), self.accept_retry_at) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
+        let next = [
+            self.engine.poll_timeout(),
+            self.accept_retry_at,
+            self.children.next_deadline(now),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
         next.map(|at| at.saturating_duration_since(now))
     }
 
@@ -454,9 +498,11 @@ impl Server {
             self.accept_retry_at = None;
             self.accept(now);
         }
+        self.child_read_ready(now);
         self.take_publications(now);
         self.engine.handle_timeout(now);
         self.process_actions(now);
+        self.reap(now);
     }
 
     /// Starts a graceful shutdown: no more connections are accepted, streams end after what
@@ -471,9 +517,11 @@ impl Server {
         self.process_actions(now);
     }
 
-    /// Whether a shutdown has finished: every connection is closed.
+    /// Whether a shutdown has finished: every connection is closed and every child reaped.
     pub fn is_finished(&self) -> bool {
-        self.engine.is_shutting_down() && self.engine.connection_count() == 0
+        self.engine.is_shutting_down()
+            && self.engine.connection_count() == 0
+            && self.children.is_empty()
     }
 
     /// Serves on its own [`Poll`] until SIGINT or SIGTERM, then drains and returns. A second
@@ -700,11 +748,22 @@ impl Server {
         }
     }
 
+    /// Does what the engine asks, for connections and children, until it asks nothing more.
     fn process_actions(&mut self, now: Instant) {
-        while let Some((id, action)) = self.engine.poll_action() {
-            match action {
-                Action::Write => self.flush(now, id, false),
-                Action::Close => self.drop_socket(id, false),
+        loop {
+            if let Some((id, action)) = self.engine.poll_action() {
+                match action {
+                    Action::Write => self.flush(now, id, false),
+                    Action::Close => self.drop_socket(id, false),
+                }
+            } else if let Some((id, action)) = self.engine.poll_child_action() {
+                match action {
+                    ChildAction::Spawn => self.child_spawn(now, id),
+                    ChildAction::Write => self.child_flush(now, id),
+                    ChildAction::End => self.child_end(now, id),
+                }
+            } else {
+                return;
             }
         }
     }
@@ -791,6 +850,7 @@ mod tests {
                 len: 2 + 1100 * 8,
             },
             1100,
+            0,
         )
         .unwrap();
         assert_eq!(layout.index_bits, 11);
@@ -821,6 +881,7 @@ mod tests {
                 len: 1066,
             },
             1064,
+            0,
         )
         .unwrap();
         assert_eq!(layout.generation_mask, 0);
@@ -840,14 +901,58 @@ mod tests {
     }
 
     #[test]
+    fn children_pipes_sit_between_the_waker_and_the_connections() {
+        let layout = Layout::new(
+            TokenRange {
+                start: 5,
+                len: 4096,
+            },
+            1000,
+            10,
+        )
+        .unwrap();
+        let child = ChildId {
+            index: 9,
+            generation: 77,
+        };
+        let tokens = [Pipe::Stdin, Pipe::Stdout, Pipe::Stderr].map(|p| layout.child(child, p));
+        assert_eq!(tokens.map(|t| t.0), [5 + 2 + 27, 5 + 2 + 28, 5 + 2 + 29]);
+        for (token, pipe) in tokens.iter().zip([Pipe::Stdin, Pipe::Stdout, Pipe::Stderr]) {
+            assert!(matches!(
+                layout.kind(*token),
+                Some(TokenKind::Child { index: 9, pipe: p }) if p == pipe
+            ));
+        }
+        let first = ConnId {
+            index: 0,
+            generation: 0,
+        };
+        assert_eq!(layout.conn(first).0, 5 + 2 + 30);
+        assert!(matches!(
+            layout.kind(layout.conn(first)),
+            Some(TokenKind::Conn { index: 0, .. })
+        ));
+        let needed = Layout::new(
+            TokenRange {
+                start: 0,
+                len: 1031,
+            },
+            1000,
+            10,
+        );
+        assert!(needed.is_err(), "2 + 30 + 1000 tokens are needed");
+    }
+
+    #[test]
     fn a_range_too_small_is_refused() {
-        assert!(Layout::new(TokenRange { start: 0, len: 100 }, 1064).is_err());
+        assert!(Layout::new(TokenRange { start: 0, len: 100 }, 1064, 0).is_err());
         let full = Layout::new(
             TokenRange {
                 start: 1,
                 len: usize::MAX - 1,
             },
             1064,
+            64,
         )
         .unwrap();
         assert_eq!(full.generation_mask, u32::MAX as usize);

@@ -33,11 +33,35 @@ pub enum Message {
         /// The params (`null` when absent).
         params: Value,
     },
-    /// A response to a request the server sent (the built-in tools send none yet).
+    /// A response to a request the other side sent.
     Response {
         /// The id of the request answered.
         id: Value,
+        /// Its `result`, or its `error` object.
+        outcome: Result<Value, Value>,
     },
+}
+
+impl Message {
+    /// The message as JSON, ready to send on.
+    pub fn encode(&self) -> Value {
+        match self {
+            Message::Request { id, method, params } => {
+                let mut message = notification(method, params.clone());
+                message["id"] = id.clone();
+                message
+            }
+            Message::Notification { method, params } => notification(method, params.clone()),
+            Message::Response {
+                id,
+                outcome: Ok(value),
+            } => result(id, value.clone()),
+            Message::Response {
+                id,
+                outcome: Err(error),
+            } => json!({"jsonrpc": "2.0", "id": id, "error": error}),
+        }
+    }
 }
 
 /// Why a value is not a JSON-RPC message: the error code and message to answer with, and the
@@ -89,9 +113,20 @@ pub fn parse(value: &Value) -> Result<Message, Invalid> {
             Some(_) => return Err(invalid(None, "\"id\" must be a number or a string")),
         });
     }
-    if object.contains_key("result") || object.contains_key("error") {
+    let outcome = match (object.get("result"), object.get("error")) {
+        (Some(result), None) => Some(Ok(result.clone())),
+        (None, Some(error)) => Some(Err(error.clone())),
+        (Some(_), Some(_)) => {
+            return Err(invalid(id, "a response has a result or an error, not both"))
+        }
+        (None, None) => None,
+    };
+    if let Some(outcome) = outcome {
         return match id {
-            Some(id) => Ok(Message::Response { id: id.clone() }),
+            Some(id) => Ok(Message::Response {
+                id: id.clone(),
+                outcome,
+            }),
             None => Err(invalid(None, "a response needs an id")),
         };
     }
@@ -153,8 +188,26 @@ mod tests {
         );
         assert_eq!(
             parse(&json!({"jsonrpc":"2.0","id":3,"result":{}})),
-            Ok(Message::Response { id: json!(3) })
+            Ok(Message::Response {
+                id: json!(3),
+                outcome: Ok(json!({}))
+            })
         );
+    }
+
+    #[test]
+    fn messages_encode_back_to_what_was_parsed() {
+        for text in [
+            r#"{"jsonrpc":"2.0","method":"tools/call","params":{"name":"x"},"id":7}"#,
+            r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#,
+            r#"{"jsonrpc":"2.0","id":"s-1","result":{"roots":[]}}"#,
+            r#"{"jsonrpc":"2.0","id":2,"error":{"code":-1,"message":"no"}}"#,
+        ] {
+            let value: Value = serde_json::from_str(text).unwrap();
+            assert_eq!(parse(&value).unwrap().encode(), value, "{text}");
+        }
+        let both = json!({"jsonrpc":"2.0","id":1,"result":{},"error":{}});
+        assert!(parse(&both).is_err());
     }
 
     #[test]

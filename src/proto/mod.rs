@@ -7,6 +7,7 @@
 //! - [`hub`]: topics, per-topic history rings, event ids, subscriber sets, resume look-ups.
 //! - [`queue`]: byte-bounded write queues of shared slices and the slow-consumer policy.
 //! - [`timers`]: the one deadline structure for every connection timer.
+//! - [`jsonrpc`], [`ndjson`]: JSON-RPC messages, and the line framing of MCP's stdio transport.
 //! - [`engine`]: the connection state machines, routing and fan-out that tie the others together.
 //!
 //! The driver (`crate::driver`) owns the sockets and reads the clock; nothing here does.
@@ -15,6 +16,7 @@ pub mod engine;
 pub mod http;
 pub mod hub;
 pub mod jsonrpc;
+pub mod ndjson;
 pub mod queue;
 pub mod sse;
 pub mod timers;

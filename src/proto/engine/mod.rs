@@ -48,7 +48,10 @@ use mcp::{Mcp, McpStream};
 use std::sync::Arc;
 use websocket::WsConn;
 
-pub use mcp::{CallId, Resource, ResourceReader, Tool, ToolHandler, ToolReply, PROTOCOL_VERSIONS};
+pub use mcp::{
+    CallId, ChildAction, ChildId, Resource, ResourceReader, Tool, ToolHandler, ToolReply,
+    PROTOCOL_VERSIONS,
+};
 
 /// How long a closing connection may take to send its last bytes, and then to send its end of
 /// stream after ours, before it is dropped. During a shutdown the drain deadline bounds the
@@ -96,6 +99,8 @@ pub struct Counters {
     pub keepalive_timeouts: u64,
     /// MCP SSE streams open now (streamed answers and session streams).
     pub mcp_streams: usize,
+    /// Gateway children the engine has asked for and not yet let go (`mcp.stdio`).
+    pub mcp_children: usize,
     /// Requests parsed.
     pub requests: u64,
     /// Events published.
@@ -568,6 +573,7 @@ impl Engine {
             now.checked_add(self.config.limits.drain_timeout())
                 .unwrap_or(now),
         );
+        self.mcp_end_gateway_sessions(now);
         let all: Vec<ConnId> = self.conns.iter().map(|(i, c)| id_of(i, c)).collect();
         for id in all {
             let Some(conn) = self.conn(id) else { continue };
@@ -1381,23 +1387,23 @@ fn publication(
 mod tests {
     use super::*;
 
-    const PEER: &str = "127.0.0.1:1";
+    pub(super) const PEER: &str = "127.0.0.1:1";
 
-    fn engine(config: Config) -> Engine {
+    pub(super) fn engine(config: Config) -> Engine {
         Engine::new(config, 0xabc)
     }
 
     /// Runs the actions as a driver whose sockets take everything: returns what each
     /// connection was sent, and which were closed or had their write side shut.
     #[derive(Default)]
-    struct Wire {
-        sent: std::collections::HashMap<ConnId, Vec<u8>>,
-        closed: Vec<ConnId>,
-        shut: Vec<ConnId>,
+    pub(super) struct Wire {
+        pub(super) sent: std::collections::HashMap<ConnId, Vec<u8>>,
+        pub(super) closed: Vec<ConnId>,
+        pub(super) shut: Vec<ConnId>,
     }
 
     impl Wire {
-        fn run(&mut self, engine: &mut Engine) {
+        pub(super) fn run(&mut self, engine: &mut Engine) {
             while let Some((id, action)) = engine.poll_action() {
                 if action == Action::Close {
                     self.closed.push(id);
@@ -1423,7 +1429,7 @@ mod tests {
             }
         }
 
-        fn text(&self, id: ConnId) -> String {
+        pub(super) fn text(&self, id: ConnId) -> String {
             String::from_utf8_lossy(self.sent.get(&id).map_or(&[][..], |v| v)).into_owned()
         }
     }
@@ -1565,7 +1571,7 @@ Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhb
         assert_eq!(e.counters().websockets, 0);
     }
 
-    fn subscriber(e: &mut Engine, now: Instant, request: &str) -> ConnId {
+    pub(super) fn subscriber(e: &mut Engine, now: Instant, request: &str) -> ConnId {
         let id = e.accept(now, PEER.parse().unwrap()).unwrap();
         e.handle_input(now, id, request.as_bytes());
         id
@@ -1654,7 +1660,12 @@ Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhb
         );
     }
 
-    fn post_mcp(e: &mut Engine, now: Instant, session: Option<&str>, body: &str) -> ConnId {
+    pub(super) fn post_mcp(
+        e: &mut Engine,
+        now: Instant,
+        session: Option<&str>,
+        body: &str,
+    ) -> ConnId {
         let header = session.map_or(String::new(), |s| format!("Mcp-Session-Id: {s}\r\n"));
         subscriber(
             e,
@@ -1668,10 +1679,16 @@ Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhb
     }
 
     /// An `initialize` with no preferences.
-    const INITIALIZE: &str = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{}}"#;
+    pub(super) const INITIALIZE: &str =
+        r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{}}"#;
 
     /// Initializes an MCP session with `body` and returns its id.
-    fn open_session(e: &mut Engine, now: Instant, wire: &mut Wire, body: &str) -> String {
+    pub(super) fn open_session(
+        e: &mut Engine,
+        now: Instant,
+        wire: &mut Wire,
+        body: &str,
+    ) -> String {
         let init = post_mcp(e, now, None, body);
         wire.run(e);
         let text = wire.text(init);

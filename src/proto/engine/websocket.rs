@@ -363,8 +363,13 @@ impl Engine {
 
     /// Sends `message` to `id` alone.
     pub(super) fn ws_reply(&mut self, id: ConnId, message: &Value) {
+        self.ws_reply_text(id, message.to_string());
+    }
+
+    /// Sends one text frame.
+    pub(super) fn ws_reply_text(&mut self, id: ConnId, text: String) {
         if let Some(socket) = self.ws_mut(id) {
-            socket.session.send_text(message.to_string());
+            socket.session.send_text(text);
             self.ws_flush(id);
         }
     }
@@ -375,7 +380,8 @@ impl Engine {
     }
 
     /// Moves what the session wrote into the write queue. A client that keeps asking for
-    /// replies without reading them is a slow consumer once the queue passes its bound.
+    /// replies without reading them is a slow consumer once the queue passes its bound (one
+    /// message larger than the bound passes an empty queue).
     fn ws_flush(&mut self, id: ConnId) {
         let limit = self.config.backpressure.max_queue_bytes;
         let Some(conn) = self.conn_mut(id) else {
@@ -388,8 +394,9 @@ impl Engine {
         if output.is_empty() {
             return;
         }
+        let queued = conn.out.len();
         conn.out.push_owned(output);
-        if conn.out.len() > limit {
+        if queued > 0 && conn.out.len() > limit {
             self.counters.slow_consumers_disconnected += 1;
             return self.close(id);
         }

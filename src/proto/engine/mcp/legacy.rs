@@ -24,7 +24,7 @@ impl Engine {
             |status: u16, reason: &str| http::error_response(status, reason, "", keep_alive);
         let response = if request.method != "GET" {
             http::error_response(405, "method not allowed", "Allow: GET\r\n", keep_alive)
-        } else if self.mcp.sessions.len() >= self.config.max_connections {
+        } else if self.mcp.sessions.len() >= self.mcp_session_limit() {
             http::error_response(503, "too many MCP sessions", "", keep_alive)
         } else {
             match self.mcp_new_session(now) {

@@ -27,8 +27,11 @@ use crate::proto::jsonrpc::{self, Message};
 use crate::proto::sse;
 use crate::proto::timers::{TimerSlot, Timers};
 
+mod gateway;
 mod legacy;
 mod tools;
+
+pub use gateway::{ChildAction, ChildId};
 
 use tools::{tool_list, tool_result, ToolError};
 
@@ -77,6 +80,10 @@ pub(super) struct Mcp {
     resources: Vec<Resource>,
     call_timers: Timers<CallId>,
     call_generation: u32,
+    /// The gateway's children, one per session (`mcp.stdio`).
+    children: Slab<gateway::Upstream>,
+    child_generation: u32,
+    child_actions: std::collections::VecDeque<(ChildId, ChildAction)>,
 }
 
 /// A tool call in progress: what an embedder's tool gets to report progress and finish with
@@ -112,6 +119,21 @@ enum CallKind {
     },
     /// A tool of the embedder, which reports progress and finishes through the server.
     Embedded,
+    /// A request forwarded to the session's child (gateway); its deadline is the timeout.
+    Upstream {
+        /// It is the `initialize` request, whose answer says the protocol revision.
+        initialize: bool,
+    },
+}
+
+impl CallKind {
+    fn is_upstream(&self) -> bool {
+        matches!(self, CallKind::Upstream { .. })
+    }
+
+    fn is_initialize(&self) -> bool {
+        matches!(self, CallKind::Upstream { initialize: true })
+    }
 }
 
 /// A tool's handler: called with the call's handle and its arguments.
@@ -179,8 +201,11 @@ enum Target {
 
 #[derive(Debug)]
 struct Session {
-    /// The protocol revision negotiated by `initialize` over Streamable HTTP.
-    version: &'static str,
+    /// The protocol revision negotiated by `initialize` over Streamable HTTP (by the child,
+    /// behind a gateway).
+    version: Box<str>,
+    /// Its child process (gateway), from `initialize` on.
+    child: Option<ChildId>,
     /// The least severe log level the client wants (`logging/setLevel`); none until it asks.
     log_level: Option<usize>,
     /// The connection it lives on (legacy HTTP+SSE, WebSocket); it ends with that.
@@ -325,7 +350,7 @@ impl Engine {
         } = &message
         {
             if method == "initialize" {
-                return Some(self.mcp_initialize(now, rpc_id, params, keep_alive));
+                return self.mcp_initialize(now, id, rpc_id, params, keep_alive);
             }
         }
         let Some(session) = request.header("mcp-session-id").map(str::to_owned) else {
@@ -349,7 +374,8 @@ impl Engine {
                 self.mcp_notification(now, &session, &method, &params);
                 Some(http::response(202, "application/json", b"", "", keep_alive))
             }
-            Message::Response { .. } => {
+            response @ Message::Response { .. } => {
+                self.gateway_send(&session, &response);
                 Some(http::response(202, "application/json", b"", "", keep_alive))
             }
             Message::Request {
@@ -395,18 +421,16 @@ impl Engine {
         session: &str,
     ) -> Result<(), Vec<u8>> {
         let keep_alive = request.keep_alive();
-        let Some(negotiated) = self.mcp.sessions.get(session).map(|s| s.version) else {
+        let Some(negotiated) = self.mcp.sessions.get(session).map(|s| &s.version) else {
             return Err(http::error_response(404, "unknown session", "", keep_alive));
         };
         if let Some(version) = request.header("mcp-protocol-version").map(str::trim) {
-            let reason = if !PROTOCOL_VERSIONS.contains(&version) {
-                Some("unsupported MCP-Protocol-Version")
-            } else if version != negotiated {
-                Some("MCP-Protocol-Version is not the one initialize negotiated")
-            } else {
-                None
-            };
-            if let Some(reason) = reason {
+            if version != &**negotiated {
+                let reason = if PROTOCOL_VERSIONS.contains(&version) {
+                    "MCP-Protocol-Version is not the one initialize negotiated"
+                } else {
+                    "unsupported MCP-Protocol-Version"
+                };
                 return Err(http::error_response(400, reason, "", keep_alive));
             }
         }
@@ -414,26 +438,57 @@ impl Engine {
         Ok(())
     }
 
+    /// `initialize` over Streamable HTTP: a new session, answered at once, or behind a
+    /// gateway by its new child on an SSE stream (`None`: `id` became that stream).
     fn mcp_initialize(
         &mut self,
         now: Instant,
+        id: ConnId,
         rpc_id: &Value,
         params: &Value,
         keep_alive: bool,
-    ) -> Vec<u8> {
-        if self.mcp.sessions.len() >= self.config.max_connections {
-            return http::error_response(503, "too many MCP sessions", "", keep_alive);
+    ) -> Option<Vec<u8>> {
+        if self.mcp.sessions.len() >= self.mcp_session_limit() {
+            return Some(http::error_response(
+                503,
+                "too many MCP sessions",
+                "",
+                keep_alive,
+            ));
         }
         let version = negotiate(params);
         let Some(session) = self.mcp_new_session(now) else {
-            return http::error_response(503, "no random source for a session id", "", keep_alive);
+            let reason = "no random source for a session id";
+            return Some(http::error_response(503, reason, "", keep_alive));
         };
         if let Some(s) = self.mcp.sessions.get_mut(session.as_str()) {
-            s.version = version;
+            s.version = version.into();
+        }
+        if self.gateway_on() {
+            self.gateway_spawn(&session);
+            let token = progress_token(params);
+            let answer = self.gateway_request(&session, rpc_id, "initialize", params, token);
+            self.mcp_open_stream(now, id, &session, StreamKind::Answer);
+            match answer {
+                Answer::Later(call) => {
+                    let target = self.target_of(id);
+                    self.mcp_bind_call(now, call, target);
+                }
+                Answer::Now(response) => {
+                    self.mcp_send(id, &response);
+                    self.start_closing(now, id);
+                }
+            }
+            return None;
         }
         let response = jsonrpc::result(rpc_id, initialize_result(version)).to_string();
         let extra = format!("Mcp-Session-Id: {session}\r\n");
-        http::json_response(200, &response, &extra, keep_alive)
+        Some(http::json_response(200, &response, &extra, keep_alive))
+    }
+
+    /// The most MCP sessions at once.
+    fn mcp_session_limit(&self) -> usize {
+        self.config.mcp.session_limit(self.config.max_connections)
     }
 
     /// A batch (a JSON array), which only revision 2025-03-26 allows: its notifications and
@@ -455,7 +510,7 @@ impl Engine {
         if let Err(response) = self.mcp_session_check(now, request, &session) {
             return Some(response);
         }
-        if self.mcp.sessions.get(session.as_str())?.version != "2025-03-26" {
+        if &*self.mcp.sessions.get(session.as_str())?.version != "2025-03-26" {
             return refuse(400, "batches are not allowed on this protocol revision");
         }
         let mut messages = Vec::with_capacity(items.len());
@@ -487,7 +542,9 @@ impl Engine {
                 Message::Notification { method, params } => {
                     self.mcp_notification(now, &session, &method, &params)
                 }
-                Message::Response { .. } => {}
+                response @ Message::Response { .. } => {
+                    self.gateway_send(&session, &response);
+                }
                 Message::Request {
                     id: rpc_id,
                     method,
@@ -535,7 +592,8 @@ impl Engine {
         self.mcp.sessions.insert(
             session.clone().into(),
             Session {
-                version: PROTOCOL_VERSIONS[0],
+                version: PROTOCOL_VERSIONS[0].into(),
+                child: None,
                 log_level: None,
                 bound: None,
                 listener: None,
@@ -552,7 +610,7 @@ impl Engine {
     /// A session living on connection `id` (a WebSocket at the MCP endpoint); `None` when
     /// there are too many sessions or no random bytes.
     pub(super) fn mcp_bound_session(&mut self, now: Instant, id: ConnId) -> Option<String> {
-        if self.mcp.sessions.len() >= self.config.max_connections {
+        if self.mcp.sessions.len() >= self.mcp_session_limit() {
             return None;
         }
         let session = self.mcp_new_session(now)?;
@@ -586,10 +644,13 @@ impl Engine {
                 method,
                 params,
             } => {
-                if method == "initialize" {
+                if method == "initialize" && !self.gateway_on() {
                     let result = jsonrpc::result(&rpc_id, initialize_result(negotiate(&params)));
                     self.mcp_send(stream, &result);
                 } else {
+                    if method == "initialize" {
+                        self.gateway_spawn(session);
+                    }
                     let token = progress_token(&params);
                     match self.mcp_answer(now, session, &rpc_id, &method, &params, token) {
                         Answer::Now(response) => self.mcp_send(stream, &response),
@@ -603,13 +664,20 @@ impl Engine {
             Message::Notification { method, params } => {
                 self.mcp_notification(now, session, &method, &params)
             }
-            Message::Response { .. } => {}
+            response @ Message::Response { .. } => {
+                self.gateway_send(session, &response);
+            }
         }
     }
 
-    /// A notification from a client: `notifications/cancelled` stops the streamed call it
-    /// names (no answer is sent for it); the others need nothing.
+    /// A notification from a client: behind a gateway it goes to the child. Then
+    /// `notifications/cancelled` stops the call it names (no answer is sent for it).
     fn mcp_notification(&mut self, now: Instant, session: &str, method: &str, params: &Value) {
+        let notification = Message::Notification {
+            method: method.to_string(),
+            params: params.clone(),
+        };
+        self.gateway_send(session, &notification);
         if method != "notifications/cancelled" {
             return;
         }
@@ -637,6 +705,9 @@ impl Engine {
         params: &Value,
         token: Option<Value>,
     ) -> Answer {
+        if self.gateway_on() {
+            return self.gateway_request(session, rpc_id, method, params, token);
+        }
         let ok = |result: Value| Answer::Now(jsonrpc::result(rpc_id, result));
         let fail =
             |code: i64, message: &str| Answer::Now(jsonrpc::error(Some(rpc_id), code, message));
@@ -885,6 +956,9 @@ impl Engine {
         for topic in &s.watching {
             self.unwatch_topic(session, topic);
         }
+        if let Some(child) = s.child {
+            self.gateway_end(child);
+        }
         // Its calls go with it (their heap entries are skipped when they come due).
         self.mcp.calls.retain(|_, c| *c.session != *session);
         s.logs.values().filter_map(|l| l.attached).collect()
@@ -1001,13 +1075,21 @@ impl Engine {
         };
         c.target = Some(target);
         let mut log = None;
-        if let CallKind::Countdown { every, total, .. } = c.kind {
-            mcp.call_timers
-                .set(&mut c.timer, call, now.checked_add(every));
-            log = Some(format!(
-                "counting down from {total}, every {} ms",
-                every.as_millis()
-            ));
+        match c.kind {
+            CallKind::Countdown { every, total, .. } => {
+                mcp.call_timers
+                    .set(&mut c.timer, call, now.checked_add(every));
+                log = Some(format!(
+                    "counting down from {total}, every {} ms",
+                    every.as_millis()
+                ));
+            }
+            CallKind::Upstream { .. } => {
+                let timeout = self.config.mcp.stdio.as_ref().map(|s| s.request_timeout());
+                let at = timeout.and_then(|t| now.checked_add(t));
+                mcp.call_timers.set(&mut c.timer, call, at);
+            }
+            CallKind::Embedded => {}
         }
         let session = c.session.clone();
         if let Some(s) = mcp.sessions.get_mut(&c.session) {
@@ -1109,11 +1191,16 @@ impl Engine {
 
     /// Sends `message` of `session` to `target`.
     fn mcp_deliver(&mut self, session: &str, target: Target, message: &Value) {
+        self.mcp_deliver_text(session, target, &message.to_string());
+    }
+
+    /// Sends a message of `session`, as JSON text, to `target`.
+    fn mcp_deliver_text(&mut self, session: &str, target: Target, text: &str) {
         match target {
-            Target::Stream(number) => self.mcp_emit(session, number, message),
+            Target::Stream(number) => self.mcp_emit(session, number, text),
             Target::Socket(socket) => {
                 if self.mcp_socket_open(socket) {
-                    self.ws_reply(socket, message);
+                    self.ws_reply_text(socket, text.to_string());
                 }
             }
         }
@@ -1159,6 +1246,9 @@ impl Engine {
     /// whose stream is detached goes on: its messages are kept for a client that resumes.
     fn mcp_call_step(&mut self, now: Instant, call: CallId) {
         let index = call.index as usize;
+        if self.mcp.calls[index].kind.is_upstream() {
+            return self.gateway_timeout(now, index);
+        }
         let c = &mut self.mcp.calls[index];
         let (Some(target), CallKind::Countdown { done, total, every }) = (c.target, &mut c.kind)
         else {
@@ -1232,7 +1322,7 @@ impl Engine {
         match self.conn(id).map(|c| &c.phase) {
             Some(Phase::Mcp(stream)) => {
                 let (session, number) = (stream.session.clone(), stream.number);
-                self.mcp_emit(&session, number, message);
+                self.mcp_emit(&session, number, &message.to_string());
             }
             Some(Phase::Ws(socket)) if socket.mcp_session.is_some() => self.ws_reply(id, message),
             _ => {}
@@ -1241,7 +1331,7 @@ impl Engine {
 
     /// Sends one message on stream `number` of `session`: numbered, kept for resumption, and
     /// written if the stream is on a connection now.
-    fn mcp_emit(&mut self, session: &str, number: u64, message: &Value) {
+    fn mcp_emit(&mut self, session: &str, number: u64, message: &str) {
         let Some(log) = self
             .mcp
             .sessions
@@ -1251,7 +1341,7 @@ impl Engine {
             return;
         };
         log.sent += 1;
-        let text: Box<str> = message.to_string().into();
+        let text: Box<str> = message.into();
         if log.kept.len() == MAX_KEPT {
             log.kept.pop_front();
         }
@@ -1263,15 +1353,17 @@ impl Engine {
     }
 
     /// Writes one event on connection `id`; a client that does not read is cut off once its
-    /// queue passes the bound (its stream can be resumed).
+    /// queue passes the bound (its stream can be resumed). One event larger than the bound
+    /// passes an empty queue: a large answer is not a slow consumer.
     fn mcp_write(&mut self, id: ConnId, event_id: &str, text: &str) {
         let limit = self.config.backpressure.max_queue_bytes;
         let Some(conn) = self.conn_mut(id) else {
             return;
         };
+        let queued = conn.out.len();
         conn.out
             .push_owned(sse::event_block(event_id, "message", text));
-        if conn.out.len() > limit {
+        if queued > 0 && conn.out.len() > limit {
             self.counters.slow_consumers_disconnected += 1;
             return self.close(id);
         }
