@@ -243,10 +243,19 @@ impl Session {
         (incoming, failure)
     }
 
-    /// Sends a text message of our own (a reply to this client alone).
+    /// Sends a text message of our own (a reply to this client alone), of any size: its frame
+    /// is written straight into the output, after what tungstenite has written (pongs, a close
+    /// reply), so tungstenite's write buffer neither refuses a large message (its cap is sized
+    /// for what clients send) nor keeps its size for the connection's life.
     pub fn send_text(&mut self, text: String) {
         if self.ws.can_write() {
-            let _ = self.ws.send(Message::text(text));
+            let frame = text_frame(text.as_bytes());
+            let output = &mut self.ws.get_mut().output;
+            if output.is_empty() {
+                *output = frame;
+            } else {
+                output.extend_from_slice(&frame);
+            }
         }
     }
 
@@ -281,6 +290,19 @@ impl Session {
 mod tests {
     use super::*;
     use tungstenite::protocol::frame::{Frame, FrameHeader};
+
+    #[test]
+    fn a_reply_larger_than_what_clients_may_send_goes_out_whole_after_a_pong() {
+        let mut session = Session::new(1024);
+        // A masked ping from the client: its pong must go out before the reply.
+        let (incoming, failure) = session.receive(&[0x89, 0x80, 1, 2, 3, 4]);
+        assert!(matches!(incoming[..], [Incoming::Pong]) && failure.is_none());
+        let text = "y".repeat(200_000);
+        session.send_text(text.clone());
+        let output = session.take_output();
+        assert_eq!(&output[..2], &[0x8a, 0x00], "the pong first");
+        assert_eq!(&output[2..], &text_frame(text.as_bytes())[..]);
+    }
 
     fn request(headers: &[(&str, &str)]) -> Request {
         Request {
