@@ -9,13 +9,19 @@
 # 3. The official MCP TypeScript SDK (StreamableHTTPClientTransport, SSEClientTransport,
 #    WebSocketClientTransport over the `ws` package): interop/mcp-ts/test.mjs
 # 4. Headless Chromium driven by playwright-core: interop/browser/test.mjs
+# 5. The stdio gateway (`mcp.stdio`), serving each session by a real stdio MCP server
+#    (interop/gateway/py_server.py on the Python SDK, and the published
+#    @modelcontextprotocol/server-everything), driven by the official Python SDK client under
+#    pytest (interop/gateway/test_gateway.py) and TypeScript SDK client
+#    (interop/gateway/test.mjs)
 #
 # Installs what it needs, idempotently and quietly, on a Debian machine with Python 3 + pip and
 # Node 20 + npm: pinned Python packages into interop/.pydeps (pip --target: no venv needed, and
 # no clash with a system Python marked externally managed), Debian's chromium when
 # /usr/bin/chromium is missing (apt-get, as root), playwright-core into
 # interop/browser/node_modules (it never downloads a browser), and @modelcontextprotocol/sdk
-# and ws into interop/mcp-ts/node_modules (`npm ci`, from its lockfile). Uses
+# and ws into interop/mcp-ts/node_modules (`npm ci`, from its lockfile), and the same SDK, ws
+# and @modelcontextprotocol/server-everything into interop/gateway/node_modules (`npm ci`). Uses
 # target/debug/mcp-stream (MCP_STREAM_BIN overrides), building it if missing. Exits non-zero on
 # any failure; the last line is the summary `interop: N passed, M failed`.
 set -euo pipefail
@@ -75,10 +81,11 @@ if [ "$want_pw" != "$have_pw" ]; then
         --no-fund --loglevel=error
 fi
 
-# ---- the MCP TypeScript SDK and ws (pinned in package.json and package-lock.json)
-mcp_ts_dir="$root/interop/mcp-ts"
-# The pinned dependencies that node_modules lacks or holds at another version, as name@version.
-mcp_ts_missing=$(node -e '
+# Installs the npm packages pinned in DIR's package.json and package-lock.json (`npm ci`) when
+# node_modules lacks one or holds another version.
+npm_pinned() {
+    local dir=$1 missing
+    missing=$(node -e '
 const dir = process.argv[1];
 const deps = require(dir + "/package.json").dependencies;
 const missing = Object.entries(deps).filter(([name, want]) => {
@@ -86,11 +93,20 @@ const missing = Object.entries(deps).filter(([name, want]) => {
     catch (e) { return true; }
 });
 console.log(missing.map(([name, want]) => name + "@" + want).join(" "));
-' "$mcp_ts_dir")
-if [ -n "$mcp_ts_missing" ]; then
-    say "installing $mcp_ts_missing into interop/mcp-ts/node_modules"
-    quietly env -C "$mcp_ts_dir" npm ci --no-audit --no-fund --loglevel=error
-fi
+' "$dir")
+    if [ -n "$missing" ]; then
+        say "installing $missing into ${dir#"$root"/}/node_modules"
+        quietly env -C "$dir" npm ci --no-audit --no-fund --loglevel=error
+    fi
+}
+
+# ---- the MCP TypeScript SDK and ws
+mcp_ts_dir="$root/interop/mcp-ts"
+npm_pinned "$mcp_ts_dir"
+
+# ---- the stdio gateway's: the TypeScript SDK, ws and @modelcontextprotocol/server-everything
+gateway_dir="$root/interop/gateway"
+npm_pinned "$gateway_dir"
 
 # ---- the suites
 mkdir -p "$root/target"
@@ -158,6 +174,12 @@ run_node "$mcp_ts_dir/test.mjs" "$root/target/interop-mcp-ts.json"
 
 say "browser: interop/browser/test.mjs (headless Chromium, playwright-core)"
 run_node "$browser_dir/test.mjs" "$root/target/interop-browser.json"
+
+say "gateway: interop/gateway/test_gateway.py (MCP Python SDK through the stdio gateway)"
+run_pytest "$gateway_dir/test_gateway.py" "$root/target/interop-gateway-python.xml"
+
+say "gateway: interop/gateway/test.mjs (MCP TypeScript SDK through the stdio gateway)"
+run_node "$gateway_dir/test.mjs" "$root/target/interop-gateway-ts.json"
 
 if [ "$failed" != 0 ]; then status=1; fi
 echo "interop: $passed passed, $failed failed"
