@@ -3,12 +3,17 @@
 //! engine lets them go, and always reaped.
 //!
 //! Each child runs in a process group of its own, so that ending it reaches what it started
-//! (`npx` runs the server as a grandchild). Ending is gentle first: its stdin closes, which is
-//! how an MCP server is told to exit; after `grace_ms` the group gets SIGTERM, after as long
-//! again SIGKILL. Exits are noticed without SIGCHLD (a host's handler stays the host's): a child
-//! whose stdout closes is taken as gone, and a child being ended is polled with `try_wait` every
-//! [`REAP_POLL`] until it is reaped, so no zombie is left. Dropping the server kills and reaps
-//! whatever is left.
+//! (`npx` runs the server as a grandchild, `sh -c` may too). Ending is gentle first: its stdin
+//! closes, which is how an MCP server is told to exit; after `grace_ms` the group gets SIGTERM,
+//! after as long again SIGKILL. The group is followed until no process is left in it, even when
+//! the child itself (the group's leader) has gone first.
+//!
+//! Exits are noticed without SIGCHLD (a host's handler stays the host's): a child whose stdout
+//! or stdin closes is gone, and is polled with `try_wait` every [`REAP_POLL`], for up to
+//! [`EXIT_WAIT`], to report how it ended; a child being ended is polled until it is reaped, so no
+//! zombie is left. Its stderr is logged line by line, with its session, to the end: what it
+//! says while crashing or shutting down is kept. Dropping the server kills and reaps whatever
+//! is left.
 
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
@@ -17,14 +22,20 @@ use std::time::{Duration, Instant};
 
 use mio::unix::pipe::{Receiver, Sender};
 use mio::{Interest, Registry, Token};
-use rustix::process::{kill_process_group, Pid, Signal};
+use rustix::process::{kill_process_group, test_kill_process_group, Pid, Signal};
 
 use super::{Server, READ_BUDGET};
 use crate::config::StdioCommand;
 use crate::proto::engine::ChildId;
+use crate::proto::ndjson::{Line, LineReader};
 
-/// How often a child being ended is checked for its exit.
+/// How often a child that has gone, or is being ended, is checked for its exit.
 pub(super) const REAP_POLL: Duration = Duration::from_millis(20);
+/// How long a child whose pipe closed is given to exit before its session is told only that
+/// the pipe closed.
+const EXIT_WAIT: Duration = Duration::from_millis(500);
+/// The longest line of a child's stderr that is logged whole.
+const MAX_STDERR_LINE: usize = 8 * 1024;
 
 /// A child's pipes, as its tokens number them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -54,7 +65,7 @@ impl Pipe {
 pub(super) struct Children {
     /// Running children, by the engine's slot index.
     live: Vec<Option<Live>>,
-    /// Children let go by the engine and not yet reaped.
+    /// Children let go by the engine whose process group is not gone yet.
     dying: Vec<Dying>,
     /// Children whose stdout was left unread when their budget ran out.
     ready: VecDeque<ChildId>,
@@ -65,13 +76,26 @@ struct Live {
     process: Child,
     stdin: Option<Sender>,
     stdout: Option<Receiver>,
-    stderr: Option<Receiver>,
+    stderr: Stderr,
+    /// One of its pipes closed: when, and what to say if no exit status comes.
+    gone: Option<(Instant, &'static str)>,
     /// It is on the ready list.
     ready: bool,
 }
 
+/// A child's stderr and what it has said of a line so far, logged with its session.
+struct Stderr {
+    pipe: Option<Receiver>,
+    lines: LineReader,
+    label: String,
+}
+
 struct Dying {
     process: Child,
+    group: Pid,
+    /// The child itself has been reaped (others of its group may be left).
+    reaped: bool,
+    stderr: Stderr,
     stage: Stage,
     /// When the next stage starts.
     next: Instant,
@@ -86,7 +110,7 @@ enum Stage {
 }
 
 impl Children {
-    /// Whether no child is running or waiting to be reaped.
+    /// Whether no child is running or being ended.
     pub(super) fn is_empty(&self) -> bool {
         self.dying.is_empty() && self.live.iter().all(Option::is_none)
     }
@@ -96,10 +120,10 @@ impl Children {
         !self.ready.is_empty()
     }
 
-    /// When children must next be looked at: the next reap poll.
+    /// When children must next be looked at: the next poll, while one is gone or being ended.
     pub(super) fn next_deadline(&self, now: Instant) -> Option<Instant> {
-        let first = self.dying.iter().map(|d| d.next).min()?;
-        Some(first.min(now + REAP_POLL))
+        let gone = self.live.iter().flatten().any(|l| l.gone.is_some());
+        (gone || !self.dying.is_empty()).then(|| now + REAP_POLL)
     }
 
     /// The child at slot `index`, if one runs there.
@@ -118,12 +142,50 @@ impl Children {
 impl Drop for Children {
     /// Kills and reaps every child left: none outlives the server.
     fn drop(&mut self) {
-        let live = self.live.iter_mut().flatten().map(|l| &mut l.process);
-        for process in live.chain(self.dying.iter_mut().map(|d| &mut d.process)) {
-            if let Ok(None) = process.try_wait() {
-                let _ = kill_process_group(Pid::from_child(process), Signal::KILL);
+        let live = self
+            .live
+            .iter_mut()
+            .flatten()
+            .map(|l| (&mut l.process, false));
+        let dying = self.dying.iter_mut().map(|d| (&mut d.process, d.reaped));
+        for (process, reaped) in live.chain(dying) {
+            let _ = kill_process_group(Pid::from_child(process), Signal::KILL);
+            if !reaped {
                 let _ = process.wait();
             }
+        }
+    }
+}
+
+impl Stderr {
+    /// Logs what the pipe holds now; at its end (or with `last`) the unfinished line too.
+    fn drain(&mut self, buffer: &mut [u8], last: bool) {
+        let label = &self.label;
+        let log = |line: Line<'_>| match line {
+            Line::Complete(line) => {
+                log::info!(
+                    "MCP server of session {label}: {}",
+                    String::from_utf8_lossy(line)
+                );
+            }
+            Line::Oversized(n) => {
+                log::info!("MCP server of session {label}: (a stderr line of {n} bytes)");
+            }
+        };
+        let mut ended = last;
+        while let Some(pipe) = self.pipe.as_mut() {
+            match pipe.read(buffer) {
+                Ok(n) if n > 0 => self.lines.push(&buffer[..n], log),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                _ => {
+                    self.pipe = None;
+                    ended = true;
+                }
+            }
+        }
+        if ended {
+            self.lines.finish(log);
         }
     }
 }
@@ -139,8 +201,9 @@ impl Server {
         };
         match start(&command, registry, |pipe| layout.child(id, pipe)) {
             Ok((process, stdin, stdout, stderr)) => {
+                let label = self.engine.child_label(id).unwrap_or("?").to_string();
                 log::debug!(
-                    "child {id}: started `{}` as {}",
+                    "MCP server of session {label}: started `{}` as {}",
                     command.display,
                     process.id()
                 );
@@ -153,7 +216,12 @@ impl Server {
                     process,
                     stdin: Some(stdin),
                     stdout: Some(stdout),
-                    stderr: Some(stderr),
+                    stderr: Stderr {
+                        pipe: Some(stderr),
+                        lines: LineReader::new(MAX_STDERR_LINE),
+                        label,
+                    },
+                    gone: None,
                     ready: false,
                 });
             }
@@ -180,8 +248,7 @@ impl Server {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
                     log::debug!("child {id}: stdin: {e}");
-                    let reason = self.child_exit_reason(id, "closed its input");
-                    return self.engine.handle_child_exit(now, id, &reason);
+                    return self.child_gone(now, id, Pipe::Stdin, "closed its input");
                 }
             }
         }
@@ -195,10 +262,7 @@ impl Server {
                 return;
             };
             match stdout.read(&mut self.read_buffer) {
-                Ok(0) => {
-                    let reason = self.child_exit_reason(id, "closed its output");
-                    return self.engine.handle_child_exit(now, id, &reason);
-                }
+                Ok(0) => return self.child_gone(now, id, Pipe::Stdout, "closed its output"),
                 Ok(n) => {
                     self.engine
                         .handle_child_output(now, id, &self.read_buffer[..n]);
@@ -216,34 +280,17 @@ impl Server {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
-                    let reason = self.child_exit_reason(id, &format!("broke its output ({e})"));
-                    return self.engine.handle_child_exit(now, id, &reason);
+                    log::debug!("child {id}: stdout: {e}");
+                    return self.child_gone(now, id, Pipe::Stdout, "closed its output");
                 }
             }
         }
     }
 
-    /// Reads `id`'s stderr into the engine's log; its end is not the child's.
+    /// Logs what `id` wrote on its stderr.
     pub(super) fn child_read_stderr(&mut self, id: ChildId) {
-        let registry = self.registry.as_ref();
-        loop {
-            let Some(live) = self.children.live_mut(id) else {
-                return;
-            };
-            let Some(stderr) = live.stderr.as_mut() else {
-                return;
-            };
-            match stderr.read(&mut self.read_buffer) {
-                Ok(n) if n > 0 => self.engine.handle_child_stderr(id, &self.read_buffer[..n]),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                _ => {
-                    if let (Some(mut stderr), Some(registry)) = (live.stderr.take(), registry) {
-                        let _ = registry.deregister(&mut stderr);
-                    }
-                    return;
-                }
-            }
+        if let Some(live) = self.children.live_mut(id) {
+            live.stderr.drain(&mut self.read_buffer, false);
         }
     }
 
@@ -260,7 +307,48 @@ impl Server {
         }
     }
 
-    /// The engine let `id` go: its pipes close and it is ended and reaped.
+    /// `pipe` of `id` closed: the child is gone, or going. Its exit is waited for (briefly)
+    /// to tell its session how it ended.
+    fn child_gone(&mut self, now: Instant, id: ChildId, pipe: Pipe, otherwise: &'static str) {
+        let registry = self.registry.as_ref();
+        let Some(live) = self.children.live_mut(id) else {
+            return;
+        };
+        match pipe {
+            Pipe::Stdin => {
+                if let (Some(mut stdin), Some(registry)) = (live.stdin.take(), registry) {
+                    let _ = registry.deregister(&mut stdin);
+                }
+            }
+            _ => {
+                if let (Some(mut stdout), Some(registry)) = (live.stdout.take(), registry) {
+                    let _ = registry.deregister(&mut stdout);
+                }
+            }
+        }
+        live.gone.get_or_insert((now, otherwise));
+        self.child_exit_check(now, id);
+    }
+
+    /// Tells the engine that a gone child `id` ended, once its exit status is known (or once
+    /// [`EXIT_WAIT`] has passed without one), after logging the last of its stderr.
+    fn child_exit_check(&mut self, now: Instant, id: ChildId) {
+        let Some(live) = self.children.live_mut(id) else {
+            return;
+        };
+        let Some((since, otherwise)) = live.gone else {
+            return;
+        };
+        let reason = match live.process.try_wait() {
+            Ok(Some(status)) => describe(status),
+            Ok(None) if now < since + EXIT_WAIT => return,
+            _ => otherwise.to_string(),
+        };
+        live.stderr.drain(&mut self.read_buffer, false);
+        self.engine.handle_child_exit(now, id, &reason);
+    }
+
+    /// The engine let `id` go: its stdin closes, and it is ended and reaped.
     pub(super) fn child_end(&mut self, now: Instant, id: ChildId) {
         let Some(slot) = self.children.live.get_mut(id.index as usize) else {
             return;
@@ -278,7 +366,8 @@ impl Server {
             if let Some(stdout) = live.stdout.as_mut() {
                 let _ = registry.deregister(stdout);
             }
-            if let Some(stderr) = live.stderr.as_mut() {
+            if let Some(stderr) = live.stderr.pipe.as_mut() {
+                // From now on it is read at every reap poll: its slot's tokens go to the next.
                 let _ = registry.deregister(stderr);
             }
         }
@@ -289,10 +378,13 @@ impl Server {
             .stdio
             .as_ref()
             .map_or(Duration::ZERO, StdioCommand::grace);
-        // Dropping the pipes closes its stdin: the MCP way of saying "exit".
-        drop((live.stdin, live.stdout, live.stderr));
+        // Closing its stdin is the MCP way of saying "exit".
+        drop((live.stdin, live.stdout));
         self.children.dying.push(Dying {
+            group: Pid::from_child(&live.process),
             process: live.process,
+            reaped: false,
+            stderr: live.stderr,
             stage: Stage::InputClosed,
             next: now + grace,
             grace,
@@ -300,56 +392,75 @@ impl Server {
         self.reap(now);
     }
 
-    /// Reaps the children that have exited; moves the others on to SIGTERM, then SIGKILL.
+    /// Reports the gone children whose exit is known; reaps the children being ended, and
+    /// moves their process groups on to SIGTERM, then SIGKILL, until no process is left in them.
     pub(super) fn reap(&mut self, now: Instant) {
+        let gone: Vec<ChildId> = self
+            .children
+            .live
+            .iter()
+            .flatten()
+            .filter(|l| l.gone.is_some())
+            .map(|l| l.id)
+            .collect();
+        for id in gone {
+            self.child_exit_check(now, id);
+        }
+        let buffer = &mut self.read_buffer;
         self.children.dying.retain_mut(|d| {
-            match d.process.try_wait() {
-                Ok(Some(status)) => {
-                    log::debug!("child {} reaped: {}", d.process.id(), describe(status));
-                    return false;
+            d.stderr.drain(buffer, false);
+            let pid = d.process.id();
+            if !d.reaped {
+                match d.process.try_wait() {
+                    Ok(Some(status)) => {
+                        log::debug!("child {pid} reaped: {}", describe(status));
+                        d.reaped = true;
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        log::warn!("child {pid}: wait: {e}");
+                        d.reaped = true;
+                    }
                 }
-                Ok(None) => {}
-                Err(e) => {
-                    log::warn!("child {}: wait: {e}", d.process.id());
-                    return false;
-                }
+            }
+            // The group lives on while any process of it does (kill with signal 0 tests that).
+            if d.reaped && test_kill_process_group(d.group).is_err() {
+                d.stderr.drain(buffer, true);
+                return false;
             }
             if now < d.next {
                 return true;
             }
-            let group = Pid::from_child(&d.process);
-            let (signal, stage) = match d.stage {
-                Stage::InputClosed => (Signal::TERM, Stage::Terminated),
-                Stage::Terminated | Stage::Killed => (Signal::KILL, Stage::Killed),
+            let signal = match d.stage {
+                Stage::InputClosed => Signal::TERM,
+                Stage::Terminated => Signal::KILL,
+                Stage::Killed if d.reaped => {
+                    // What is left of the group after SIGKILL and a grace period is no longer
+                    // ours to wait for (a zombie that some other parent must reap).
+                    log::warn!(
+                        "child {pid}: its process group outlived SIGKILL; no longer waited for"
+                    );
+                    d.stderr.drain(buffer, true);
+                    return false;
+                }
+                Stage::Killed => Signal::KILL,
             };
-            if d.stage != Stage::Killed {
-                log::info!(
-                    "child {}: still running {:?} after {:?}; sending {}",
-                    d.process.id(),
-                    d.stage,
-                    d.grace,
-                    if signal == Signal::TERM {
-                        "SIGTERM"
-                    } else {
-                        "SIGKILL"
-                    }
-                );
-                let _ = kill_process_group(group, signal);
-            }
-            d.stage = stage;
+            let (after, sending) = match d.stage {
+                Stage::InputClosed => ("its input closed", "SIGTERM"),
+                _ => ("SIGTERM", "SIGKILL"),
+            };
+            log::info!(
+                "child {pid}: its process group still runs {:?} after {after}; sending {sending}",
+                d.grace
+            );
+            let _ = kill_process_group(d.group, signal);
+            d.stage = match d.stage {
+                Stage::InputClosed => Stage::Terminated,
+                _ => Stage::Killed,
+            };
             d.next = now + d.grace;
             true
         });
-    }
-
-    /// Why `id` is gone, from its exit status when it has one: "exited with status 1",
-    /// "was killed by signal 9", or `otherwise`.
-    fn child_exit_reason(&mut self, id: ChildId, otherwise: &str) -> String {
-        let status = self
-            .children
-            .live_mut(id)
-            .and_then(|l| l.process.try_wait().ok().flatten());
-        status.map_or_else(|| otherwise.to_string(), describe)
     }
 }
 

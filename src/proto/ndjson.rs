@@ -82,6 +82,17 @@ impl LineReader {
     pub fn pending(&self) -> usize {
         self.partial.len()
     }
+
+    /// The stream has ended: the last line, if it had no newline, is given whole (or as
+    /// oversized).
+    pub fn finish(&mut self, mut each: impl FnMut(Line<'_>)) {
+        if let Some(skipped) = self.skipping.take() {
+            each(Line::Oversized(skipped));
+        } else if !self.partial.is_empty() {
+            each(Line::Complete(trim_cr(&self.partial)));
+        }
+        self.partial = Vec::new();
+    }
 }
 
 fn trim_cr(line: &[u8]) -> &[u8] {
@@ -113,6 +124,11 @@ mod tests {
         assert_eq!(r.pending(), 7);
         assert_eq!(lines(&mut r, &[b"\n"]), ["{\"c\":3}"]);
         assert_eq!(r.pending(), 0);
+        r.push(b"last words", |_| panic!("no line ended"));
+        let mut last = Vec::new();
+        r.finish(|line| last.push(format!("{line:?}")));
+        assert_eq!(last, [format!("{:?}", Line::Complete(b"last words"))]);
+        r.finish(|_| panic!("nothing is left"));
     }
 
     #[test]

@@ -24,8 +24,6 @@ use crate::proto::engine::Engine;
 use crate::proto::jsonrpc::{self, Message};
 use crate::proto::ndjson::{Line, LineReader};
 
-/// The longest line of a child's stderr that is logged; longer ones are skipped.
-const MAX_STDERR_LINE: usize = 8 * 1024;
 /// The JSON-RPC error code of a request that timed out (as the MCP SDKs use it).
 const REQUEST_TIMEOUT: i64 = -32001;
 
@@ -66,7 +64,6 @@ pub(super) struct Upstream {
     stdin: Vec<u8>,
     stdin_sent: usize,
     stdout: LineReader,
-    stderr: LineReader,
     /// A [`ChildAction::Write`] for it is waiting.
     write_pending: bool,
 }
@@ -137,24 +134,10 @@ impl Engine {
         }
     }
 
-    /// Bytes the child `id` wrote on its stderr: logged by line, with its session.
-    pub fn handle_child_stderr(&mut self, id: ChildId, data: &[u8]) {
-        let Some(index) = self.child_index(id) else {
-            return;
-        };
-        let child = &mut self.mcp.children[index];
-        let session = short(&child.session);
-        child.stderr.push(data, |line| match line {
-            Line::Complete(line) => {
-                log::info!(
-                    "MCP server of session {session}: {}",
-                    String::from_utf8_lossy(line)
-                );
-            }
-            Line::Oversized(n) => {
-                log::info!("MCP server of session {session}: (a stderr line of {n} bytes)");
-            }
-        });
+    /// How logs name the session of child `id`: the start of its id (see [`short`]).
+    pub fn child_label(&self, id: ChildId) -> Option<&str> {
+        let index = self.child_index(id)?;
+        Some(short(&self.mcp.children[index].session))
     }
 
     /// The child `id` is gone, or could not be started: `reason` ends "the MCP server …" (for
@@ -211,7 +194,6 @@ impl Engine {
             stdin: Vec::new(),
             stdin_sent: 0,
             stdout: LineReader::new(max_line),
-            stderr: LineReader::new(MAX_STDERR_LINE),
             write_pending: false,
         });
         let id = ChildId {
@@ -457,21 +439,29 @@ impl Engine {
     }
 
     /// Where a message of the child that answers no request goes: the session's
-    /// server-to-client stream, its WebSocket, or a stream with a request open.
+    /// server-to-client stream while a connection carries it, its WebSocket, a stream with a
+    /// request open, or else the server-to-client stream kept for the client to resume.
     fn gateway_default_target(&self, session: &str) -> Option<Target> {
         let s = self.mcp.sessions.get(session)?;
-        if let Some(number) = s.listener {
+        let listener = s.listener.filter(|n| s.logs.contains_key(n));
+        let attached = |n: &u64| s.logs.get(n).is_some_and(|l| l.attached.is_some());
+        if let Some(number) = listener.filter(attached) {
             return Some(Target::Stream(number));
         }
         if let Some(socket) = s.bound {
             return Some(Target::Socket(socket));
         }
-        self.mcp
+        let open_request = self
+            .mcp
             .calls
             .iter()
             .filter(|(_, c)| *c.session == *session)
             .filter_map(|(_, c)| c.target)
-            .next_back()
+            .find(|target| match target {
+                Target::Stream(n) => attached(n),
+                Target::Socket(_) => true,
+            });
+        open_request.or(listener.map(Target::Stream))
     }
 
     fn child_index(&self, id: ChildId) -> Option<usize> {
