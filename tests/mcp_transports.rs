@@ -27,11 +27,10 @@ use common::mcp::{
     countdown, done, notification, post_headers, post_stream, progress, read_messages_to_end, rpc,
     split_event_id, stream_message, try_open_stream, updated, wait_until, StreamMessage, TRICKY,
 };
-use common::ws::{assert_switched, upgrade_headers, upgrade_request};
+use common::ws::{assert_switched, mcp_handshake, upgrade_headers, upgrade_request};
 use common::{request_bytes, Client, Response, Sse, TestServer, WAIT};
 use mcp_stream::features::Feature;
 use serde_json::{json, Value};
-use tungstenite::client::IntoClientRequest;
 use tungstenite::protocol::WebSocket;
 use tungstenite::Message;
 
@@ -443,17 +442,7 @@ impl McpWs {
         addr: SocketAddr,
         protocols: &str,
     ) -> (McpWs, tungstenite::handshake::client::Response) {
-        let stream = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
-        stream.set_read_timeout(Some(WAIT)).unwrap();
-        stream.set_write_timeout(Some(WAIT)).unwrap();
-        let _ = stream.set_nodelay(true);
-        let mut request = format!("ws://{addr}/mcp")
-            .into_client_request()
-            .expect("a request");
-        request
-            .headers_mut()
-            .insert("Sec-WebSocket-Protocol", protocols.parse().unwrap());
-        let (socket, response) = tungstenite::client::client(request, stream)
+        let (socket, response) = mcp_handshake(addr, protocols)
             .unwrap_or_else(|e| panic!("WebSocket handshake at /mcp: {e}"));
         assert_eq!(response.status().as_u16(), 101);
         (McpWs { socket }, response)

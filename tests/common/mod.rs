@@ -17,6 +17,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+pub mod gateway;
 pub mod load;
 pub mod mcp;
 pub mod ws;
@@ -177,17 +178,7 @@ impl TestServer {
 
     /// Waits for the process to exit, at most `bound`.
     pub fn wait_exit(&mut self, bound: Duration) -> ExitStatus {
-        let deadline = Instant::now() + bound;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the server did not exit within {bound:?}"
-            );
-            thread::sleep(Duration::from_millis(10)); // polling a condition, with a bound
-        }
+        wait_exit(&mut self.child, bound)
     }
 
     /// A new keep-alive client connection.
@@ -784,5 +775,20 @@ impl Sse {
         while let Some(b) = self.try_next_block() {
             assert!(b.is_comment(), "expected end of stream, got {:?}", b.raw);
         }
+    }
+}
+
+/// Waits for the server process `child` to exit, at most `bound`.
+pub fn wait_exit(child: &mut Child, bound: Duration) -> ExitStatus {
+    let deadline = Instant::now() + bound;
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the server did not exit within {bound:?}"
+        );
+        thread::sleep(Duration::from_millis(5)); // polling a condition, with a bound
     }
 }

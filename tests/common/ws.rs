@@ -10,8 +10,10 @@ use std::io::{self, Write};
 use std::net::{SocketAddr, TcpStream};
 
 use serde_json::Value;
+use tungstenite::client::IntoClientRequest;
+use tungstenite::handshake::client::Response as Handshake;
 use tungstenite::protocol::WebSocket;
-use tungstenite::Message;
+use tungstenite::{HandshakeError, Message};
 
 use super::{find, request_bytes, Client, Response, WAIT};
 
@@ -411,5 +413,28 @@ pub fn write_bytewise(stream: &mut TcpStream, bytes: &[u8]) {
     stream.set_nodelay(true).unwrap();
     for b in bytes {
         stream.write_all(&[*b]).expect("write one byte");
+    }
+}
+
+/// A tungstenite client's handshake at `ws://addr/mcp` offering `protocols` (a
+/// `Sec-WebSocket-Protocol` value): the socket and the `101`, or why it failed.
+pub fn mcp_handshake(
+    addr: SocketAddr,
+    protocols: &str,
+) -> Result<(WebSocket<TcpStream>, Handshake), tungstenite::Error> {
+    let stream = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    stream.set_write_timeout(Some(WAIT)).unwrap();
+    let _ = stream.set_nodelay(true);
+    let mut request = format!("ws://{addr}/mcp")
+        .into_client_request()
+        .expect("a request");
+    request
+        .headers_mut()
+        .insert("Sec-WebSocket-Protocol", protocols.parse().unwrap());
+    match tungstenite::client::client(request, stream) {
+        Ok(done) => Ok(done),
+        Err(HandshakeError::Failure(e)) => Err(e),
+        Err(HandshakeError::Interrupted(_)) => panic!("handshake interrupted"),
     }
 }
