@@ -16,68 +16,25 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream as StdStream};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 
+mod common;
+
+use common::{rss_kib, show, start_server, ServerProcess};
+
 const PUBLISHES_PER_RUN: usize = 100;
 
-struct ServerProcess {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Drop for ServerProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_server(max: usize) -> ServerProcess {
-    let config = std::env::temp_dir().join(format!("mcp-stream-bench-{}.json", std::process::id()));
-    std::fs::write(
-        &config,
-        serde_json::json!({
-            "max_connections": max + 16,
-            "streaming": {
-                "sse": { "max_connections": max + 16, "heartbeat_secs": 3600 },
-                "limits": { "idle_timeout_secs": 3600 }
-            }
-        })
-        .to_string(),
-    )
-    .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_mcp-stream"))
-        .args(["--listen", "127.0.0.1:0", "--log-level", "warn", "--config"])
-        .arg(&config)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("server starts");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let _ = std::fs::remove_file(&config);
-    let addr = line
-        .trim()
-        .strip_prefix("listening on http://")
-        .expect("the listening line")
-        .parse()
-        .unwrap();
-    ServerProcess { child, addr }
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
+fn start(max: usize) -> ServerProcess {
+    start_server(serde_json::json!({
+        "max_connections": max + 16,
+        "streaming": {
+            "sse": { "max_connections": max + 16, "heartbeat_secs": 3600 },
+            "limits": { "idle_timeout_secs": 3600 }
+        }
+    }))
 }
 
 struct Client {
@@ -202,27 +159,12 @@ fn read_response(http: &mut BufReader<StdStream>) {
     http.read_exact(&mut body).unwrap();
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
-}
-
-fn show(label: &str, mut samples: Vec<Duration>) {
-    samples.sort();
-    println!(
-        "  {label:<28} p50 {:>9.3} ms   p99 {:>9.3} ms   min {:>8.3} ms   max {:>8.3} ms",
-        percentile(&samples, 0.5).as_secs_f64() * 1e3,
-        percentile(&samples, 0.99).as_secs_f64() * 1e3,
-        samples[0].as_secs_f64() * 1e3,
-        samples[samples.len() - 1].as_secs_f64() * 1e3,
-    );
-}
-
 fn run(transport: Transport, n: usize) {
     let name = match transport {
         Transport::Sse => "SSE",
         Transport::Ws => "WebSocket",
     };
-    let server = start_server(n);
+    let server = start(n);
     let before = rss_kib(server.child.id());
     let mut poll = Poll::new().unwrap();
     let mut clients = connect(&poll, server.addr, n, transport);
