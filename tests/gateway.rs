@@ -819,13 +819,41 @@ fn max_sessions_bounds_sessions_and_children_on_every_transport() {
     }
     assert_eq!(server.children().len(), 1, "{:?}", server.children());
 
-    // Ending one makes room.
+    // Ending one makes room, once its child is gone.
     assert_eq!(a.delete().status, 200);
+    wait_gone(a_pid);
     let b = Http::initialize(server.addr);
     let b_pid = b.child_pid(json!(1));
-    wait_gone(a_pid);
     let children: Vec<u32> = server.children().iter().map(|p| p.pid).collect();
     assert_eq!(children, [b_pid]);
+}
+
+#[test]
+fn children_still_ending_count_against_max_sessions() {
+    let records = Records::new();
+    let server = Gateway::start(config(
+        stdio("stubborn", json!({"env": records.env(), "grace_ms": 300})),
+        json!({"max_sessions": 1}),
+    ));
+    let a = Http::initialize(server.addr);
+    let a_pid = a.child_pid(json!(1));
+    let _guard = KillOnDrop(a_pid);
+    assert_eq!(a.delete().status, 200);
+    // Its session is over, but its process is not: no new one may start yet, on any transport.
+    match Http::try_initialize(server.addr) {
+        Err(r) => assert_eq!(r.assert_error(503), "too many MCP sessions"),
+        Ok(got) => panic!("a second child while the first is ending: {got:?}"),
+    }
+    let mut ws = McpWs::connect(server.addr);
+    let refused = ws.answer(&initialize_message(json!(1), "2025-06-18"));
+    assert_eq!(refused["error"]["code"], -32603, "{refused}");
+    assert!(proc_info(a_pid).is_some(), "the first child still runs");
+    ws.close();
+    wait_gone(a_pid);
+    let b = Http::initialize(server.addr);
+    let b_pid = b.child_pid(json!(1));
+    let _guard_b = KillOnDrop(b_pid);
+    assert_ne!(a_pid, b_pid);
 }
 
 #[test]

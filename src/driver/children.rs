@@ -36,6 +36,9 @@ pub(super) const REAP_POLL: Duration = Duration::from_millis(20);
 const EXIT_WAIT: Duration = Duration::from_millis(500);
 /// The longest line of a child's stderr that is logged whole.
 const MAX_STDERR_LINE: usize = 8 * 1024;
+/// The most bytes of a child's stderr read (and logged) per wake-up: a child that floods its
+/// stderr slows its own log, not the server.
+const STDERR_BUDGET: usize = 16 * 1024;
 
 /// A child's pipes, as its tokens number them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -67,8 +70,8 @@ pub(super) struct Children {
     live: Vec<Option<Live>>,
     /// Children let go by the engine whose process group is not gone yet.
     dying: Vec<Dying>,
-    /// Children whose stdout was left unread when their budget ran out.
-    ready: VecDeque<ChildId>,
+    /// Pipes left unread when their budget ran out.
+    ready: VecDeque<(ChildId, Pipe)>,
 }
 
 struct Live {
@@ -79,8 +82,8 @@ struct Live {
     stderr: Stderr,
     /// One of its pipes closed: when, and what to say if no exit status comes.
     gone: Option<(Instant, &'static str)>,
-    /// It is on the ready list.
-    ready: bool,
+    /// Its stdout, its stderr is on the ready list.
+    ready: [bool; 2],
 }
 
 /// A child's stderr and what it has said of a line so far, logged with its session.
@@ -158,8 +161,10 @@ impl Drop for Children {
 }
 
 impl Stderr {
-    /// Logs what the pipe holds now; at its end (or with `last`) the unfinished line too.
-    fn drain(&mut self, buffer: &mut [u8], last: bool) {
+    /// Logs what the pipe holds now, at most [`STDERR_BUDGET`] bytes; at its end (or with
+    /// `last`) the unfinished line too. Returns whether the budget ran out before the pipe
+    /// was empty.
+    fn drain(&mut self, buffer: &mut [u8], last: bool) -> bool {
         let label = &self.label;
         let log = |line: Line<'_>| match line {
             Line::Complete(line) => {
@@ -173,9 +178,18 @@ impl Stderr {
             }
         };
         let mut ended = last;
+        let mut budget = STDERR_BUDGET;
+        let size = STDERR_BUDGET.min(buffer.len());
+        let buffer = &mut buffer[..size];
         while let Some(pipe) = self.pipe.as_mut() {
+            if budget == 0 {
+                break;
+            }
             match pipe.read(buffer) {
-                Ok(n) if n > 0 => self.lines.push(&buffer[..n], log),
+                Ok(n) if n > 0 => {
+                    self.lines.push(&buffer[..n], log);
+                    budget = budget.saturating_sub(n);
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 _ => {
@@ -187,6 +201,7 @@ impl Stderr {
         if ended {
             self.lines.finish(log);
         }
+        budget == 0 && self.pipe.is_some()
     }
 }
 
@@ -199,6 +214,10 @@ impl Server {
         let Some(command) = self.engine.config().mcp.stdio.clone() else {
             return;
         };
+        if self.engine.child_label(id).is_none() {
+            // Its session ended in the same turn: its End follows, and nothing is started.
+            return;
+        }
         match start(&command, registry, |pipe| layout.child(id, pipe)) {
             Ok((process, stdin, stdout, stderr)) => {
                 let label = self.engine.child_label(id).unwrap_or("?").to_string();
@@ -222,7 +241,7 @@ impl Server {
                         label,
                     },
                     gone: None,
-                    ready: false,
+                    ready: [false; 2],
                 });
             }
             Err(e) => {
@@ -268,13 +287,7 @@ impl Server {
                         .handle_child_output(now, id, &self.read_buffer[..n]);
                     budget = budget.saturating_sub(n);
                     if budget == 0 {
-                        if let Some(live) = self.children.live_mut(id) {
-                            if !live.ready {
-                                live.ready = true;
-                                self.children.ready.push_back(id);
-                            }
-                        }
-                        return;
+                        return self.child_ready(id, Pipe::Stdout);
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
@@ -289,20 +302,38 @@ impl Server {
 
     /// Logs what `id` wrote on its stderr.
     pub(super) fn child_read_stderr(&mut self, id: ChildId) {
+        let Some(live) = self.children.live_mut(id) else {
+            return;
+        };
+        if live.stderr.drain(&mut self.read_buffer, false) {
+            self.child_ready(id, Pipe::Stderr);
+        }
+    }
+
+    /// Puts `pipe` of `id` on the ready list: its budget ran out with input left.
+    fn child_ready(&mut self, id: ChildId, pipe: Pipe) {
+        let slot = usize::from(pipe == Pipe::Stderr);
         if let Some(live) = self.children.live_mut(id) {
-            live.stderr.drain(&mut self.read_buffer, false);
+            if !live.ready[slot] {
+                live.ready[slot] = true;
+                self.children.ready.push_back((id, pipe));
+            }
         }
     }
 
     /// Reads what the ready list holds.
     pub(super) fn child_read_ready(&mut self, now: Instant) {
         for _ in 0..self.children.ready.len() {
-            let Some(id) = self.children.ready.pop_front() else {
+            let Some((id, pipe)) = self.children.ready.pop_front() else {
                 return;
             };
+            let slot = usize::from(pipe == Pipe::Stderr);
             if let Some(live) = self.children.live_mut(id) {
-                live.ready = false;
-                self.child_read(now, id);
+                live.ready[slot] = false;
+                match pipe {
+                    Pipe::Stderr => self.child_read_stderr(id),
+                    _ => self.child_read(now, id),
+                }
             }
         }
     }
@@ -344,7 +375,17 @@ impl Server {
             Ok(None) if now < since + EXIT_WAIT => return,
             _ => otherwise.to_string(),
         };
-        live.stderr.drain(&mut self.read_buffer, false);
+        if live.stdout.is_some() {
+            // What it wrote before it went comes first (it reports the exit itself at the end
+            // of its stdout).
+            self.child_read(now, id);
+            if self.engine.child_label(id).is_none() {
+                return;
+            }
+        }
+        if let Some(live) = self.children.live_mut(id) {
+            live.stderr.drain(&mut self.read_buffer, true);
+        }
         self.engine.handle_child_exit(now, id, &reason);
     }
 
@@ -354,7 +395,8 @@ impl Server {
             return;
         };
         if slot.as_ref().is_none_or(|l| l.id != id) {
-            return;
+            // Never started (it failed, or its session ended first): nothing to reap.
+            return self.engine.handle_child_reaped();
         }
         let Some(mut live) = slot.take() else {
             return;
@@ -407,6 +449,7 @@ impl Server {
             self.child_exit_check(now, id);
         }
         let buffer = &mut self.read_buffer;
+        let before = self.children.dying.len();
         self.children.dying.retain_mut(|d| {
             d.stderr.drain(buffer, false);
             let pid = d.process.id();
@@ -461,6 +504,9 @@ impl Server {
             d.next = now + d.grace;
             true
         });
+        for _ in self.children.dying.len()..before {
+            self.engine.handle_child_reaped();
+        }
     }
 }
 
@@ -507,7 +553,7 @@ fn start(
         let _ = registry.deregister(&mut stdin);
         let _ = registry.deregister(&mut stdout);
         let _ = registry.deregister(&mut stderr);
-        let _ = process.kill();
+        let _ = kill_process_group(Pid::from_child(&process), Signal::KILL);
         let _ = process.wait();
         return Err(e);
     }

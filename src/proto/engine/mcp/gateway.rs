@@ -55,6 +55,16 @@ pub enum ChildAction {
     End,
 }
 
+/// How much a message for a child may pass the bound of its unread input.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Urgency {
+    /// A request: refused once `max_queue_bytes` wait unread.
+    Request,
+    /// A notification, or an answer to the child's own request, which the child may be
+    /// waiting for: refused only once twice that wait.
+    Reply,
+}
+
 /// A session's child, as the core sees it.
 #[derive(Debug)]
 pub(super) struct Upstream {
@@ -72,6 +82,17 @@ impl Engine {
     /// Whether MCP sessions are served by child processes (`mcp.stdio`).
     pub(super) fn gateway_on(&self) -> bool {
         self.config.mcp.stdio.is_some()
+    }
+
+    /// The driver has reaped a child the engine let go (and every process of its group).
+    pub fn handle_child_reaped(&mut self) {
+        self.mcp.children_ending = self.mcp.children_ending.saturating_sub(1);
+    }
+
+    /// Whether another child may start: children running and ending stay within
+    /// `max_sessions`.
+    pub(super) fn gateway_has_room(&self) -> bool {
+        self.mcp.children.len() + self.mcp.children_ending < self.mcp_session_limit()
     }
 
     /// The most children at once: child slots stay below it (0 without a gateway).
@@ -118,6 +139,11 @@ impl Engine {
             if child.stdin.capacity() > self.config.backpressure.max_queue_bytes {
                 child.stdin = Vec::new();
             }
+        } else if child.stdin_sent > child.stdin.len() / 2 {
+            // What is written goes, so that a child that reads slowly but never catches up
+            // holds no more than its bound (amortized: each byte moves at most once here).
+            child.stdin.drain(..child.stdin_sent);
+            child.stdin_sent = 0;
         }
     }
 
@@ -134,7 +160,7 @@ impl Engine {
         }
     }
 
-    /// How logs name the session of child `id`: the start of its id (see [`short`]).
+    /// How logs name the session of child `id`: the first 8 characters of its id.
     pub fn child_label(&self, id: ChildId) -> Option<&str> {
         let index = self.child_index(id)?;
         Some(short(&self.mcp.children[index].session))
@@ -179,12 +205,17 @@ impl Engine {
         }
     }
 
-    /// Gives `session` a child, asked of the driver.
+    /// Gives `session` a child, asked of the driver; `None` when children running and ending
+    /// are at `max_sessions` already.
     pub(super) fn gateway_spawn(&mut self, session: &str) -> Option<ChildId> {
         let max_line = self.config.limits.max_body_bytes;
+        let room = self.gateway_has_room();
         let s = self.mcp.sessions.get_mut(session)?;
         if let Some(child) = s.child {
             return Some(child);
+        }
+        if !room {
+            return None;
         }
         self.mcp.child_generation = self.mcp.child_generation.wrapping_add(1);
         let generation = self.mcp.child_generation;
@@ -225,14 +256,24 @@ impl Engine {
         if let Some(index) = self.child_index(id) {
             self.mcp.children.remove(index);
             self.counters.mcp_children -= 1;
+            self.mcp.children_ending += 1;
             self.mcp.child_actions.push_back((id, ChildAction::End));
         }
     }
 
     /// Queues `message` for the child of `session`, as one line. `false` when it has no child,
-    /// or its input is not being read (more than `max_queue_bytes` waiting).
-    pub(super) fn gateway_send(&mut self, session: &str, message: &Message) -> bool {
-        let limit = self.config.backpressure.max_queue_bytes;
+    /// or its input is not being read (more than `max_queue_bytes` waiting, twice that for
+    /// [`Urgency::Reply`]); such a message is dropped, with a warning.
+    pub(super) fn gateway_send(
+        &mut self,
+        session: &str,
+        message: &Message,
+        urgency: Urgency,
+    ) -> bool {
+        let limit = match urgency {
+            Urgency::Request => self.config.backpressure.max_queue_bytes,
+            Urgency::Reply => self.config.backpressure.max_queue_bytes.saturating_mul(2),
+        };
         let Some(id) = self.mcp.sessions.get(session).and_then(|s| s.child) else {
             return false;
         };
@@ -241,6 +282,10 @@ impl Engine {
         };
         let child = &mut self.mcp.children[index];
         if child.stdin.len() - child.stdin_sent >= limit {
+            log::warn!(
+                "MCP server of session {}: not reading its input; a message for it is dropped",
+                short(session)
+            );
             return false;
         }
         // `Value`'s compact text has no raw newline: one message, one line.
@@ -287,7 +332,7 @@ impl Engine {
             method: method.to_string(),
             params: params.clone(),
         };
-        if !self.gateway_send(session, &request) {
+        if !self.gateway_send(session, &request, Urgency::Request) {
             return fail(
                 jsonrpc::INTERNAL_ERROR,
                 "the MCP server is not reading its input",
@@ -323,7 +368,7 @@ impl Engine {
             method: "notifications/cancelled".into(),
             params: json!({"requestId": request, "reason": "timed out"}),
         };
-        self.gateway_send(&session, &cancel);
+        self.gateway_send(&session, &cancel, Urgency::Reply);
         self.mcp_finish_call(now, index);
     }
 
@@ -402,8 +447,11 @@ impl Engine {
                 self.mcp_finish_call(now, index);
             }
             Message::Notification { method, params } if method == "notifications/progress" => {
-                let token = params.get("progressToken");
-                let Some(index) = self.gateway_call(session, |c| c.token.as_ref() == token) else {
+                let Some(token) = params.get("progressToken") else {
+                    return;
+                };
+                let Some(index) = self.gateway_call(session, |c| c.token.as_ref() == Some(token))
+                else {
                     return;
                 };
                 let timeout = self.config.mcp.stdio.as_ref().map(|s| s.request_timeout());
@@ -419,12 +467,25 @@ impl Engine {
                     self.mcp_deliver_text(session, target, text);
                 }
             }
-            _ => match self.gateway_default_target(session) {
+            message => match self.gateway_default_target(session) {
                 Some(target) => self.mcp_deliver_text(session, target, text),
-                None => log::debug!(
-                    "MCP server of session {}: a message with no stream to go on, dropped",
-                    short(session)
-                ),
+                None => {
+                    log::debug!(
+                        "MCP server of session {}: a message with no stream to go on, dropped",
+                        short(session)
+                    );
+                    // A request of the child would wait for ever: it gets an error instead.
+                    if let Message::Request { id, .. } = message {
+                        let error = Message::Response {
+                            id,
+                            outcome: Err(json!({
+                                "code": jsonrpc::INTERNAL_ERROR,
+                                "message": "no stream to the client is open to carry this request",
+                            })),
+                        };
+                        self.gateway_send(session, &error, Urgency::Reply);
+                    }
+                }
             },
         }
     }
@@ -655,6 +716,62 @@ mod tests {
         wire.run(&mut e);
         child_side(&mut e, &mut None, &mut ended);
         assert!(ended);
+    }
+
+    #[test]
+    fn a_slow_reader_holds_no_more_than_its_bound_and_stray_messages_go_nowhere_harmful() {
+        let mut e = gateway();
+        let now = Instant::now();
+        let mut wire = Wire::default();
+        let (mut child, mut ended) = (None, false);
+        let session = open_session(&mut e, now, &mut wire, INITIALIZE);
+        child_side(&mut e, &mut child, &mut ended);
+        let child = child.unwrap();
+        e.handle_child_output(
+            now,
+            child,
+            b"{\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{}}\n",
+        );
+        // The child reads 1 KiB of every 2 KiB sent, for ever: what it has read is let go.
+        let limit = e.config().backpressure.max_queue_bytes;
+        let data = "x".repeat(2000);
+        let mut refused = 0;
+        for _ in 0..700 {
+            let note = format!(
+                r#"{{"jsonrpc":"2.0","method":"notifications/x","params":{{"d":"{data}"}}}}"#
+            );
+            let posted = post_mcp(&mut e, now, Some(&session), &note);
+            wire.run(&mut e);
+            if wire.text(posted).starts_with("HTTP/1.1 503 ") {
+                refused += 1;
+            }
+            let pending = e.child_input(child).len();
+            e.consume_child_input(child, pending.min(1024));
+            let index = e.child_index(child).unwrap();
+            let held = e.mcp.children[index].stdin.len();
+            assert!(held <= 2 * (2 * limit + 4096), "{held} bytes held");
+        }
+        assert!(
+            refused > 0,
+            "a child that never catches up is refused at last"
+        );
+        // A progress notification with no token, and a request of the child's with no
+        // stream to carry it: the first goes nowhere, the second is answered with an error.
+        let pending = e.child_input(child).len();
+        e.consume_child_input(child, pending);
+        e.handle_child_output(
+            now,
+            child,
+            b"{\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\",\"params\":{\"progress\":1}}\n\
+              {\"jsonrpc\":\"2.0\",\"id\":9,\"method\":\"roots/list\"}\n",
+        );
+        wire.run(&mut e);
+        let forwarded = child_side(&mut e, &mut None, &mut ended);
+        assert_eq!(forwarded.len(), 1, "{forwarded:?}");
+        assert!(
+            forwarded[0].contains(r#""id":9,"error":{"code":-32603"#),
+            "{forwarded:?}"
+        );
     }
 
     #[test]

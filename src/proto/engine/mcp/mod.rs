@@ -31,6 +31,7 @@ mod gateway;
 mod legacy;
 mod tools;
 
+use gateway::Urgency;
 pub use gateway::{ChildAction, ChildId};
 
 use tools::{tool_list, tool_result, ToolError};
@@ -82,6 +83,9 @@ pub(super) struct Mcp {
     call_generation: u32,
     /// The gateway's children, one per session (`mcp.stdio`).
     children: Slab<gateway::Upstream>,
+    /// Children let go whose process the driver has not yet reported gone: they count
+    /// against `max_sessions` too.
+    children_ending: usize,
     child_generation: u32,
     child_actions: std::collections::VecDeque<(ChildId, ChildAction)>,
 }
@@ -371,11 +375,15 @@ impl Engine {
         }
         match message {
             Message::Notification { method, params } => {
-                self.mcp_notification(now, &session, &method, &params);
+                if !self.mcp_notification(now, &session, &method, &params) {
+                    return refuse(503, "the MCP server is not reading its input");
+                }
                 Some(http::response(202, "application/json", b"", "", keep_alive))
             }
             response @ Message::Response { .. } => {
-                self.gateway_send(&session, &response);
+                if self.gateway_on() && !self.gateway_send(&session, &response, Urgency::Reply) {
+                    return refuse(503, "the MCP server is not reading its input");
+                }
                 Some(http::response(202, "application/json", b"", "", keep_alive))
             }
             Message::Request {
@@ -448,13 +456,11 @@ impl Engine {
         params: &Value,
         keep_alive: bool,
     ) -> Option<Vec<u8>> {
-        if self.mcp.sessions.len() >= self.mcp_session_limit() {
-            return Some(http::error_response(
-                503,
-                "too many MCP sessions",
-                "",
-                keep_alive,
-            ));
+        let full = self.mcp.sessions.len() >= self.mcp_session_limit()
+            || (self.gateway_on() && !self.gateway_has_room());
+        if full {
+            let reason = "too many MCP sessions";
+            return Some(http::error_response(503, reason, "", keep_alive));
         }
         let version = negotiate(params);
         let Some(session) = self.mcp_new_session(now) else {
@@ -540,10 +546,10 @@ impl Engine {
         for message in requests.into_iter().chain(others) {
             match message {
                 Message::Notification { method, params } => {
-                    self.mcp_notification(now, &session, &method, &params)
+                    self.mcp_notification(now, &session, &method, &params);
                 }
                 response @ Message::Response { .. } => {
-                    self.gateway_send(&session, &response);
+                    self.gateway_send(&session, &response, Urgency::Reply);
                 }
                 Message::Request {
                     id: rpc_id,
@@ -648,8 +654,13 @@ impl Engine {
                     let result = jsonrpc::result(&rpc_id, initialize_result(negotiate(&params)));
                     self.mcp_send(stream, &result);
                 } else {
-                    if method == "initialize" {
-                        self.gateway_spawn(session);
+                    if method == "initialize" && self.gateway_spawn(session).is_none() {
+                        let error = jsonrpc::error(
+                            Some(&rpc_id),
+                            jsonrpc::INTERNAL_ERROR,
+                            "too many MCP sessions: max_sessions MCP servers are running or exiting",
+                        );
+                        return self.mcp_send(stream, &error);
                     }
                     let token = progress_token(&params);
                     match self.mcp_answer(now, session, &rpc_id, &method, &params, token) {
@@ -662,27 +673,35 @@ impl Engine {
                 }
             }
             Message::Notification { method, params } => {
-                self.mcp_notification(now, session, &method, &params)
+                self.mcp_notification(now, session, &method, &params);
             }
             response @ Message::Response { .. } => {
-                self.gateway_send(session, &response);
+                self.gateway_send(session, &response, Urgency::Reply);
             }
         }
     }
 
     /// A notification from a client: behind a gateway it goes to the child. Then
     /// `notifications/cancelled` stops the call it names (no answer is sent for it).
-    fn mcp_notification(&mut self, now: Instant, session: &str, method: &str, params: &Value) {
+    /// Returns `false` when a gateway's child should have had it and was not reading.
+    fn mcp_notification(
+        &mut self,
+        now: Instant,
+        session: &str,
+        method: &str,
+        params: &Value,
+    ) -> bool {
         let notification = Message::Notification {
             method: method.to_string(),
             params: params.clone(),
         };
-        self.gateway_send(session, &notification);
+        let forwarded =
+            !self.gateway_on() || self.gateway_send(session, &notification, Urgency::Reply);
         if method != "notifications/cancelled" {
-            return;
+            return forwarded;
         }
         let Some(request) = params.get("requestId") else {
-            return;
+            return forwarded;
         };
         let found = self
             .mcp
@@ -693,6 +712,7 @@ impl Engine {
         if let Some(index) = found {
             self.mcp_finish_call(now, index);
         }
+        forwarded
     }
 
     /// Answers one request of `session`.
