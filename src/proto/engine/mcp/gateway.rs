@@ -340,15 +340,28 @@ impl Engine {
         }
         let kind = CallKind::Upstream {
             initialize: method == "initialize",
+            progress_at: None,
+            held: None,
         };
         Answer::Later(self.mcp_new_call(session, rpc_id, token, kind))
     }
 
     /// A request of the child that was not answered in time: the client gets an error and the
-    /// child a cancellation; the session goes on.
+    /// child a cancellation; the session goes on. (Or its answer, held back, is due.)
     pub(super) fn gateway_timeout(&mut self, now: Instant, index: usize) {
-        let c = &self.mcp.calls[index];
+        let c = &mut self.mcp.calls[index];
         let (session, request, target) = (c.session.clone(), c.request.clone(), c.target);
+        if let CallKind::Upstream {
+            held: Some(answer), ..
+        } = &mut c.kind
+        {
+            // Not a timeout: the answer held back after its progress.
+            let answer = std::mem::take(answer);
+            if let Some(target) = target {
+                self.mcp_deliver_text(&session, target, &answer);
+            }
+            return self.mcp_finish_call(now, index);
+        }
         let secs = self
             .config
             .mcp
@@ -428,8 +441,27 @@ impl Engine {
                         short(session)
                     );
                 };
-                let c = &self.mcp.calls[index];
+                let c = &mut self.mcp.calls[index];
                 let (target, initialize) = (c.target, c.kind.is_initialize());
+                if let CallKind::Upstream {
+                    progress_at: Some(at),
+                    held,
+                    ..
+                } = &mut c.kind
+                {
+                    if *at == now && target.is_some() {
+                        // Its last progress goes out in this turn's write; the answer a
+                        // millisecond later, in a write of its own (PITFALLS: an SDK drops a
+                        // progress notification it reads together with the answer).
+                        *held = Some(text.into());
+                        let call = super::CallId {
+                            index: index as u32,
+                            generation: c.generation,
+                        };
+                        let at = now.checked_add(std::time::Duration::from_millis(1));
+                        return self.mcp.call_timers.set(&mut c.timer, call, at);
+                    }
+                }
                 if initialize {
                     let version = outcome
                         .as_ref()
@@ -463,6 +495,9 @@ impl Engine {
                 };
                 mcp.call_timers
                     .set(&mut c.timer, call, timeout.and_then(|t| now.checked_add(t)));
+                if let CallKind::Upstream { progress_at, .. } = &mut c.kind {
+                    *progress_at = Some(now);
+                }
                 if let Some(target) = c.target {
                     self.mcp_deliver_text(session, target, text);
                 }
@@ -621,6 +656,12 @@ mod tests {
             child,
             format!("{progress}\n[1,2]\n{log}\r\n{result}\n").as_bytes(),
         );
+        wire.run(&mut e);
+        assert!(
+            !wire.text(call).contains(result),
+            "the answer waits a moment after the progress of the same turn"
+        );
+        e.handle_timeout(t0 + Duration::from_millis(1));
         wire.run(&mut e);
         let text = wire.text(call);
         let at = |needle: &str| {

@@ -127,6 +127,10 @@ enum CallKind {
     Upstream {
         /// It is the `initialize` request, whose answer says the protocol revision.
         initialize: bool,
+        /// When a progress notification of it was last sent.
+        progress_at: Option<Instant>,
+        /// Its answer, held back a moment when it came in the same turn as its last progress.
+        held: Option<Box<str>>,
     },
 }
 
@@ -136,7 +140,13 @@ impl CallKind {
     }
 
     fn is_initialize(&self) -> bool {
-        matches!(self, CallKind::Upstream { initialize: true })
+        matches!(
+            self,
+            CallKind::Upstream {
+                initialize: true,
+                ..
+            }
+        )
     }
 }
 
