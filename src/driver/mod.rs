@@ -297,6 +297,7 @@ impl Server {
         let (sender, publications) = mpsc::sync_channel(config.real_time.buffer_size.max(1));
         let mut engine = Engine::new(config, random_epoch());
         engine.set_random_source(os_random()?);
+        engine.set_unix_time(Instant::now(), unix_time());
         Ok(Server {
             engine,
             listener: Some(listener),
@@ -486,6 +487,7 @@ impl Server {
     /// Does what is due: deadlines, work left over from budgets, publications from other
     /// threads. Call it after every poll (it is cheap when nothing is due).
     pub fn on_timeout(&mut self, now: Instant) {
+        self.engine.set_unix_time(now, unix_time());
         for _ in 0..self.ready.len() {
             if let Some(id) = self.ready.pop_front() {
                 if let Some(socket) = self.socket_mut(id) {
@@ -824,6 +826,13 @@ fn os_random() -> io::Result<RandomSource> {
             }
         }
     }))
+}
+
+/// The wall clock, for what the engine checks against it (a JWT's `exp` and `nbf`).
+fn unix_time() -> Duration {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
 }
 
 /// An epoch for this run's event ids: random, so that ids of an earlier run never pass for ours.

@@ -204,6 +204,8 @@ pub struct Engine {
     mcp: Mcp,
     /// Fills buffers with random bytes (MCP session ids); the driver gives a secure one.
     random: RandomSource,
+    /// The wall clock at an instant, as the driver last told it: for JWT `exp` and `nbf`.
+    unix_at: Option<(Instant, Duration)>,
 }
 
 /// Fills a buffer with random bytes; returns whether it could.
@@ -265,6 +267,7 @@ impl Engine {
             websockets: Slab::new(),
             mcp: Mcp::default(),
             random: RandomSource::predictable(u64::from(epoch)),
+            unix_at: None,
             config,
         }
     }
@@ -273,6 +276,20 @@ impl Engine {
     /// source; without one, ids are predictable (fine for tests, not for a server).
     pub fn set_random_source(&mut self, random: RandomSource) {
         self.random = random;
+    }
+
+    /// Tells the engine the wall clock (time since the Unix epoch) at `now`; it reads no
+    /// clock itself. The driver does this at every wake-up.
+    pub fn set_unix_time(&mut self, now: Instant, since_epoch: Duration) {
+        self.unix_at = Some((now, since_epoch));
+    }
+
+    /// The wall clock at `now`, in whole seconds since the Unix epoch (`None` until the driver
+    /// has told it).
+    fn unix_secs(&self, now: Instant) -> Option<u64> {
+        let (at, since_epoch) = self.unix_at?;
+        let elapsed = now.saturating_duration_since(at);
+        Some((since_epoch + elapsed).as_secs())
     }
 
     /// The configuration served.
