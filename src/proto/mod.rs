@@ -7,11 +7,13 @@
 //! - [`hub`]: topics, per-topic history rings, event ids, subscriber sets, resume look-ups.
 //! - [`queue`]: byte-bounded write queues of shared slices and the slow-consumer policy.
 //! - [`timers`]: the one deadline structure for every connection timer.
+//! - [`auth`]: credentials, static tokens and HS256 JWTs, and the topics they grant.
 //! - [`jsonrpc`], [`ndjson`]: JSON-RPC messages, and the line framing of MCP's stdio transport.
 //! - [`engine`]: the connection state machines, routing and fan-out that tie the others together.
 //!
 //! The driver (`crate::driver`) owns the sockets and reads the clock; nothing here does.
 
+pub mod auth;
 pub mod engine;
 pub mod http;
 pub mod hub;

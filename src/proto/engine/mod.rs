@@ -31,6 +31,7 @@ use std::time::{Duration, Instant};
 
 use slab::Slab;
 
+use super::auth::{Authenticator, Grant};
 use super::http::{self, BodyDecoder, HttpError, Request};
 use super::hub::{self, Event, EventId, Hub, HubError, Subscription};
 use super::queue::{Encoding, Overflow, Policy, WriteQueue};
@@ -53,6 +54,8 @@ pub use mcp::{
     PROTOCOL_VERSIONS,
 };
 
+/// The reason of a `403` (or an error message) for a topic the credential does not grant.
+pub(super) const FORBIDDEN_TOPIC: &str = "topic not allowed by the credential";
 /// How long a closing connection may take to send its last bytes, and then to send its end of
 /// stream after ours, before it is dropped. During a shutdown the drain deadline bounds the
 /// first part instead.
@@ -206,6 +209,10 @@ pub struct Engine {
     random: RandomSource,
     /// The wall clock at an instant, as the driver last told it: for JWT `exp` and `nbf`.
     unix_at: Option<(Instant, Duration)>,
+    /// Checks credentials (`stream-authentication`).
+    auth: Authenticator,
+    /// What a request gets while authentication is off: every topic.
+    open_grant: Arc<Grant>,
 }
 
 /// Fills a buffer with random bytes; returns whether it could.
@@ -268,6 +275,11 @@ impl Engine {
             mcp: Mcp::default(),
             random: RandomSource::predictable(u64::from(epoch)),
             unix_at: None,
+            auth: Authenticator::new(
+                &config.security.tokens,
+                config.security.jwt_secret.as_deref(),
+            ),
+            open_grant: Arc::new(Grant::all()),
             config,
         }
     }
@@ -1022,7 +1034,28 @@ impl Engine {
         let keep_alive = request.keep_alive();
         let method = request.method.as_str();
         let mcp_endpoint = request.path == self.config.mcp.path;
-        if mcp_endpoint || matches!(request.path.as_str(), "/sse" | "/messages") {
+        let mcp_path = mcp_endpoint || matches!(request.path.as_str(), "/sse" | "/messages");
+        let protected = mcp_path
+            || matches!(
+                request.path.as_str(),
+                "/stream/sse" | "/stream/ws" | "/stream/publish"
+            )
+            || (request.path == "/" && ws::wants_upgrade(&request))
+            || request.path.starts_with("/admin/");
+        let grant = match self.authenticate(now, &request, protected) {
+            Ok(grant) => grant,
+            Err(reason) => {
+                let challenge = "WWW-Authenticate: Bearer realm=\"mcp-stream\"\r\n";
+                let response = http::error_response(401, reason, challenge, keep_alive);
+                let response = if method == "HEAD" {
+                    strip_body(response)
+                } else {
+                    response
+                };
+                return self.respond(now, id, response, keep_alive);
+            }
+        };
+        if mcp_path {
             // Every MCP path, on every transport, is refused alike.
             if let Some((status, reason)) = self.mcp_refusal(&request) {
                 let response = http::error_response(status, reason, "", keep_alive);
@@ -1035,10 +1068,10 @@ impl Engine {
             }
             return match request.path.as_str() {
                 _ if mcp_endpoint && ws::wants_upgrade(&request) => {
-                    self.open_websocket(now, id, &request, true)
+                    self.open_websocket(now, id, &request, true, grant)
                 }
-                _ if mcp_endpoint => self.mcp_request(now, id, &request, &body),
-                "/sse" => self.mcp_legacy_open(now, id, &request),
+                _ if mcp_endpoint => self.mcp_request(now, id, &request, &body, grant),
+                "/sse" => self.mcp_legacy_open(now, id, &request, grant),
                 _ => self.mcp_legacy_post(now, id, &request, &body),
             };
         }
@@ -1048,11 +1081,11 @@ impl Engine {
                 _ => method_not_allowed("GET, HEAD", keep_alive),
             },
             "/stream/ws" => match method {
-                "GET" => return self.open_websocket(now, id, &request, false),
+                "GET" => return self.open_websocket(now, id, &request, false, grant),
                 _ => method_not_allowed("GET", keep_alive),
             },
             "/" if ws::wants_upgrade(&request) => {
-                return self.open_websocket(now, id, &request, false)
+                return self.open_websocket(now, id, &request, false, grant)
             }
             "/" => match method {
                 "GET" | "HEAD" => http::response(
@@ -1065,11 +1098,11 @@ impl Engine {
                 _ => method_not_allowed("GET, HEAD", keep_alive),
             },
             "/stream/sse" => match method {
-                "GET" => return self.open_sse(now, id, &request),
+                "GET" => return self.open_sse(now, id, &request, &grant),
                 _ => method_not_allowed("GET", keep_alive),
             },
             "/stream/publish" => match method {
-                "POST" => self.publish_request(now, &body, keep_alive),
+                "POST" => self.publish_request(now, &body, keep_alive, &grant),
                 _ => method_not_allowed("POST", keep_alive),
             },
             _ => http::error_response(404, "not found", "", keep_alive),
@@ -1082,8 +1115,32 @@ impl Engine {
         self.respond(now, id, response, keep_alive);
     }
 
+    /// The grant of a request to a `protected` path: with `stream-authentication` on, what
+    /// its credential allows, or why it gets `401`.
+    fn authenticate(
+        &self,
+        now: Instant,
+        request: &Request,
+        protected: bool,
+    ) -> Result<Arc<Grant>, &'static str> {
+        if !protected || !self.features.is_enabled(Feature::StreamAuthentication) {
+            return Ok(self.open_grant.clone());
+        }
+        match self.auth.check(request, self.unix_secs(now)) {
+            Ok(grant) if grant == Grant::all() => Ok(self.open_grant.clone()),
+            Ok(grant) => Ok(Arc::new(grant)),
+            Err(unauthorized) => Err(unauthorized.0),
+        }
+    }
+
     /// `POST /stream/publish`: one `{"topic","event","data"}` or an array of them.
-    fn publish_request(&mut self, now: Instant, body: &[u8], keep_alive: bool) -> Vec<u8> {
+    fn publish_request(
+        &mut self,
+        now: Instant,
+        body: &[u8],
+        keep_alive: bool,
+        grant: &Grant,
+    ) -> Vec<u8> {
         let bad = |reason: &str| http::error_response(400, reason, "", keep_alive);
         let value: serde_json::Value = match serde_json::from_slice(body) {
             Ok(v) => v,
@@ -1101,6 +1158,9 @@ impl Engine {
                 Ok(p) => p,
                 Err(reason) => return bad(reason),
             };
+            if !grant.may_publish(topic) {
+                return http::error_response(403, FORBIDDEN_TOPIC, "", keep_alive);
+            }
             let event = event.unwrap_or("message");
             let data = data.to_string();
             match self.hub.check(topic, event, &data) {
@@ -1129,9 +1189,9 @@ impl Engine {
     }
 
     /// `GET /stream/sse`: subscribes and turns the connection into a stream.
-    fn open_sse(&mut self, now: Instant, id: ConnId, request: &Request) {
+    fn open_sse(&mut self, now: Instant, id: ConnId, request: &Request, grant: &Grant) {
         let keep_alive = request.keep_alive();
-        if let Err((status, reason)) = self.subscribe_sse(now, id, request) {
+        if let Err((status, reason)) = self.subscribe_sse(now, id, request, grant) {
             let response = http::error_response(status, reason, "", keep_alive);
             self.respond(now, id, response, keep_alive);
         }
@@ -1142,6 +1202,7 @@ impl Engine {
         now: Instant,
         id: ConnId,
         request: &Request,
+        grant: &Grant,
     ) -> Result<(), (u16, &'static str)> {
         if !self.features.is_enabled(Feature::SseStreaming) {
             return Err((501, "SSE streaming not enabled"));
@@ -1158,6 +1219,9 @@ impl Engine {
                     for t in value.split(',').filter(|t| !t.is_empty()) {
                         if !hub::valid_topic(t) {
                             return Err((400, HubError::InvalidTopic.reason()));
+                        }
+                        if !grant.may_subscribe(t) {
+                            return Err((403, FORBIDDEN_TOPIC));
                         }
                         if !topics.iter().any(|have| have == t) {
                             if topics.len() == MAX_TOPICS_PER_STREAM {

@@ -5,12 +5,14 @@
 //! subscribers alike. Replies to one client go through its tungstenite session; events and
 //! broadcasts are shared frames queued by the engine's fan-out.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use serde_json::{json, Value};
 
 use super::{Conn, ConnId, Engine, Phase};
 use crate::features::Feature;
+use crate::proto::auth::Grant;
 use crate::proto::http::{self, Request};
 use crate::proto::hub::{self, HubError, Subscription};
 use crate::proto::jsonrpc;
@@ -31,6 +33,8 @@ pub(super) struct WsConn {
     pub(super) everyone_key: Option<usize>,
     /// The MCP session it carries (WebSocket at the MCP endpoint, subprotocol `mcp`).
     pub(super) mcp_session: Option<Box<str>>,
+    /// The topics its credential allows.
+    grant: Arc<Grant>,
     /// When it last sent anything.
     last_seen: Instant,
     /// When the ping it has not yet answered was sent.
@@ -47,6 +51,7 @@ impl Engine {
         id: ConnId,
         request: &Request,
         mcp: bool,
+        grant: Arc<Grant>,
     ) {
         let keep_alive = request.keep_alive();
         // An MCP upgrade has passed the MCP gate already.
@@ -76,7 +81,7 @@ impl Engine {
             }
         };
         let mcp_session = if mcp {
-            match self.mcp_bound_session(now, id) {
+            match self.mcp_bound_session(now, id, grant.clone()) {
                 Some(session) => Some(session),
                 None => {
                     let response =
@@ -99,6 +104,7 @@ impl Engine {
             rooms: Vec::new(),
             everyone_key,
             mcp_session: mcp_session.map(Into::into),
+            grant,
             last_seen: now,
             ping_sent: None,
         }));
@@ -192,6 +198,9 @@ impl Engine {
         let Some(room) = room_of(message) else {
             return self.ws_error(id, HubError::InvalidTopic.reason());
         };
+        if !self.ws_mut(id).is_some_and(|s| s.grant.may_subscribe(room)) {
+            return self.ws_error(id, super::FORBIDDEN_TOPIC);
+        }
         let since = match message.get("since") {
             None | Some(Value::Null) => None,
             Some(Value::String(since)) => Some(since.as_str()),
@@ -284,7 +293,13 @@ impl Engine {
         let Some(from) = self.conn(id).map(|c| c.public_id.to_string()) else {
             return;
         };
+        let Some(grant) = self.ws_mut(id).map(|s| s.grant.clone()) else {
+            return;
+        };
         match message.get("room") {
+            None | Some(Value::Null) if !grant.may_publish_everywhere() => {
+                self.ws_error(id, super::FORBIDDEN_TOPIC)
+            }
             None | Some(Value::Null) => match self.hub.broadcast_to_all(now, &data, &from) {
                 Ok(event) => {
                     self.counters.events_published += 1;
@@ -296,6 +311,9 @@ impl Engine {
                 let Some(room) = room_of(message) else {
                     return self.ws_error(id, HubError::InvalidTopic.reason());
                 };
+                if !grant.may_publish(room) {
+                    return self.ws_error(id, super::FORBIDDEN_TOPIC);
+                }
                 match self.hub.publish(now, room, "broadcast", &data, Some(&from)) {
                     Ok((event, index)) => {
                         self.counters.events_published += 1;
@@ -311,6 +329,9 @@ impl Engine {
         let Some(topic) = message.get("topic").and_then(Value::as_str) else {
             return self.ws_error(id, "missing topic");
         };
+        if !self.ws_mut(id).is_some_and(|s| s.grant.may_publish(topic)) {
+            return self.ws_error(id, super::FORBIDDEN_TOPIC);
+        }
         let event = match message.get("event") {
             None | Some(Value::Null) => None,
             Some(Value::String(e)) if hub::valid_event_name(e) => Some(e.as_str()),

@@ -2,11 +2,13 @@
 //! that stream, whose first event, `endpoint`, names `/messages?sessionId=…`; what is posted
 //! there gets `202`, and its answers go out on the stream.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use serde_json::Value;
 
 use super::StreamKind;
+use crate::proto::auth::Grant;
 use crate::proto::engine::{ConnId, Engine};
 use crate::proto::http::{self, Request};
 use crate::proto::jsonrpc;
@@ -18,6 +20,7 @@ impl Engine {
         now: Instant,
         id: ConnId,
         request: &Request,
+        grant: Arc<Grant>,
     ) {
         let keep_alive = request.keep_alive();
         let refuse =
@@ -27,7 +30,7 @@ impl Engine {
         } else if self.mcp.sessions.len() >= self.mcp_session_limit() {
             http::error_response(503, "too many MCP sessions", "", keep_alive)
         } else {
-            match self.mcp_new_session(now) {
+            match self.mcp_new_session(now, grant) {
                 Some(session) => {
                     let number = self.mcp_open_stream(now, id, &session, StreamKind::Legacy);
                     if let Some(s) = self.mcp.sessions.get_mut(session.as_str()) {

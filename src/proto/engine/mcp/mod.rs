@@ -14,6 +14,7 @@
 //! past `session_idle_secs` with nothing open are reaped.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -21,6 +22,7 @@ use slab::Slab;
 
 use super::{ConnId, Engine, Phase};
 use crate::features::Feature;
+use crate::proto::auth::Grant;
 use crate::proto::http::{self, Request};
 use crate::proto::hub;
 use crate::proto::jsonrpc::{self, Message};
@@ -220,6 +222,8 @@ struct Session {
     version: Box<str>,
     /// Its child process (gateway), from `initialize` on.
     child: Option<ChildId>,
+    /// The topics the credential that opened it allows.
+    grant: Arc<Grant>,
     /// The least severe log level the client wants (`logging/setLevel`); none until it asks.
     log_level: Option<usize>,
     /// The connection it lives on (legacy HTTP+SSE, WebSocket); it ends with that.
@@ -301,10 +305,17 @@ impl Engine {
     }
 
     /// A request to the MCP endpoint (not refused by [`Engine::mcp_refusal`]).
-    pub(super) fn mcp_request(&mut self, now: Instant, id: ConnId, request: &Request, body: &[u8]) {
+    pub(super) fn mcp_request(
+        &mut self,
+        now: Instant,
+        id: ConnId,
+        request: &Request,
+        body: &[u8],
+        grant: Arc<Grant>,
+    ) {
         let keep_alive = request.keep_alive();
         let response = match request.method.as_str() {
-            "POST" => match self.mcp_post(now, id, request, body) {
+            "POST" => match self.mcp_post(now, id, request, body, grant) {
                 Some(response) => response,
                 None => return,
             },
@@ -336,6 +347,7 @@ impl Engine {
         id: ConnId,
         request: &Request,
         body: &[u8],
+        grant: Arc<Grant>,
     ) -> Option<Vec<u8>> {
         let keep_alive = request.keep_alive();
         let refuse =
@@ -364,7 +376,7 @@ impl Engine {
         } = &message
         {
             if method == "initialize" {
-                return self.mcp_initialize(now, id, rpc_id, params, keep_alive);
+                return self.mcp_initialize(now, id, rpc_id, params, keep_alive, grant);
             }
         }
         let Some(session) = request.header("mcp-session-id").map(str::to_owned) else {
@@ -465,6 +477,7 @@ impl Engine {
         rpc_id: &Value,
         params: &Value,
         keep_alive: bool,
+        grant: Arc<Grant>,
     ) -> Option<Vec<u8>> {
         let full = self.mcp.sessions.len() >= self.mcp_session_limit()
             || (self.gateway_on() && !self.gateway_has_room());
@@ -473,7 +486,7 @@ impl Engine {
             return Some(http::error_response(503, reason, "", keep_alive));
         }
         let version = negotiate(params);
-        let Some(session) = self.mcp_new_session(now) else {
+        let Some(session) = self.mcp_new_session(now, grant) else {
             let reason = "no random source for a session id";
             return Some(http::error_response(503, reason, "", keep_alive));
         };
@@ -596,7 +609,7 @@ impl Engine {
     }
 
     /// A new session with a fresh id; `None` when no random bytes could be had.
-    fn mcp_new_session(&mut self, now: Instant) -> Option<String> {
+    fn mcp_new_session(&mut self, now: Instant, grant: Arc<Grant>) -> Option<String> {
         let mut bytes = [0u8; 16];
         if !(self.random.0)(&mut bytes) {
             return None;
@@ -610,6 +623,7 @@ impl Engine {
             Session {
                 version: PROTOCOL_VERSIONS[0].into(),
                 child: None,
+                grant,
                 log_level: None,
                 bound: None,
                 listener: None,
@@ -625,11 +639,16 @@ impl Engine {
 
     /// A session living on connection `id` (a WebSocket at the MCP endpoint); `None` when
     /// there are too many sessions or no random bytes.
-    pub(super) fn mcp_bound_session(&mut self, now: Instant, id: ConnId) -> Option<String> {
+    pub(super) fn mcp_bound_session(
+        &mut self,
+        now: Instant,
+        id: ConnId,
+        grant: Arc<Grant>,
+    ) -> Option<String> {
         if self.mcp.sessions.len() >= self.mcp_session_limit() {
             return None;
         }
-        let session = self.mcp_new_session(now)?;
+        let session = self.mcp_new_session(now, grant)?;
         if let Some(s) = self.mcp.sessions.get_mut(session.as_str()) {
             s.bound = Some(id);
         }
@@ -738,6 +757,13 @@ impl Engine {
         if self.gateway_on() {
             return self.gateway_request(session, rpc_id, method, params, token);
         }
+        let Some(grant) = self.mcp.sessions.get(session).map(|s| s.grant.clone()) else {
+            return Answer::Now(jsonrpc::error(
+                Some(rpc_id),
+                jsonrpc::INVALID_REQUEST,
+                "unknown session",
+            ));
+        };
         let ok = |result: Value| Answer::Now(jsonrpc::result(rpc_id, result));
         let fail =
             |code: i64, message: &str| Answer::Now(jsonrpc::error(Some(rpc_id), code, message));
@@ -824,7 +850,7 @@ impl Engine {
                         }
                     };
                 }
-                match self.call_tool(now, name, &arguments) {
+                match self.call_tool(now, name, &arguments, &grant) {
                     Ok(text) => ok(tool_result(Ok(text))),
                     Err(ToolError::Unknown) => {
                         fail(jsonrpc::INVALID_PARAMS, &format!("unknown tool {name:?}"))
@@ -836,6 +862,7 @@ impl Engine {
                 let mut resources: Vec<Value> = self
                     .hub
                     .topic_names()
+                    .filter(|t| grant.may_subscribe(t))
                     .map(|t| json!({"uri": format!("{RESOURCE_PREFIX}{t}"), "name": t, "mimeType": "application/json"}))
                     .collect();
                 resources.extend(self.mcp.resources.iter().map(|r| {
@@ -852,6 +879,9 @@ impl Engine {
             "resources/read" => {
                 let uri = params.get("uri").and_then(Value::as_str).unwrap_or("");
                 if let Some(topic) = topic_of(params) {
+                    if !grant.may_subscribe(topic) {
+                        return fail(jsonrpc::INVALID_PARAMS, super::FORBIDDEN_TOPIC);
+                    }
                     let events = self.hub.history(topic, None, usize::MAX);
                     return ok(json!({"contents": [{
                         "uri": uri,
@@ -875,6 +905,9 @@ impl Engine {
                     topic_of(params).is_some() || self.mcp.resources.iter().any(|r| r.uri == uri);
                 if !known {
                     return fail(jsonrpc::INVALID_PARAMS, "unknown resource");
+                }
+                if topic_of(params).is_some_and(|topic| !grant.may_subscribe(topic)) {
+                    return fail(jsonrpc::INVALID_PARAMS, super::FORBIDDEN_TOPIC);
                 }
                 match self.mcp_watch(session, uri) {
                     Ok(()) => ok(json!({})),

@@ -6,7 +6,8 @@ use std::time::Instant;
 use serde_json::{json, Value};
 
 use super::MAX_COUNTDOWN;
-use crate::proto::engine::Engine;
+use crate::proto::auth::Grant;
+use crate::proto::engine::{Engine, FORBIDDEN_TOPIC};
 use crate::proto::hub::{self, EventId};
 
 impl Engine {
@@ -16,7 +17,9 @@ impl Engine {
         now: Instant,
         name: &str,
         arguments: &Value,
+        grant: &Grant,
     ) -> Result<String, ToolError> {
+        let forbidden = || Err(ToolError::Failed(FORBIDDEN_TOPIC.into()));
         match name {
             "echo" => match arguments.get("text").and_then(Value::as_str) {
                 Some(text) => Ok(text.to_owned()),
@@ -26,6 +29,9 @@ impl Engine {
                 let topic = arguments.get("topic").and_then(Value::as_str).unwrap_or("");
                 let event = arguments.get("event").and_then(Value::as_str);
                 let data = arguments.get("data").unwrap_or(&Value::Null);
+                if !grant.may_publish(topic) {
+                    return forbidden();
+                }
                 match self.publish(now, topic, event, data) {
                     Ok(id) => Ok(json!({"id": id.to_string()}).to_string()),
                     Err(e) => Err(ToolError::Failed(e.reason().into())),
@@ -37,6 +43,9 @@ impl Engine {
                     return Err(ToolError::Failed(
                         hub::HubError::InvalidTopic.reason().into(),
                     ));
+                }
+                if !grant.may_subscribe(topic) {
+                    return forbidden();
                 }
                 let since = arguments
                     .get("since")
