@@ -395,7 +395,7 @@ pub const RETRY_AFTER_SECS: u32 = 1;
 
 /// A JSON error response. A `429` or `503` carries `Retry-After` as well.
 pub fn error_response(status: u16, reason: &str, extra_headers: &str, keep_alive: bool) -> Vec<u8> {
-    let retry = if matches!(status, 429 | 503) {
+    let retry = if matches!(status, 429 | 503) && !extra_headers.contains("Retry-After:") {
         format!("Retry-After: {RETRY_AFTER_SECS}\r\n")
     } else {
         String::new()
@@ -406,6 +406,14 @@ pub fn error_response(status: u16, reason: &str, extra_headers: &str, keep_alive
         &format!("{extra_headers}{retry}"),
         keep_alive,
     )
+}
+
+/// `response` with `headers` (lines ending in `\r\n`) added after its status line.
+pub fn insert_headers(mut response: Vec<u8>, headers: &str) -> Vec<u8> {
+    if let Some(end) = response.windows(2).position(|w| w == b"\r\n") {
+        response.splice(end + 2..end + 2, headers.bytes());
+    }
+    response
 }
 
 /// The pairs of a query string, percent-decoded (`+` is a space). Pairs that are not UTF-8

@@ -8,6 +8,7 @@
 //! - [`queue`]: byte-bounded write queues of shared slices and the slow-consumer policy.
 //! - [`timers`]: the one deadline structure for every connection timer.
 //! - [`auth`]: credentials, static tokens and HS256 JWTs, and the topics they grant.
+//! - [`rate`]: token buckets for request and message rates.
 //! - [`jsonrpc`], [`ndjson`]: JSON-RPC messages, and the line framing of MCP's stdio transport.
 //! - [`engine`]: the connection state machines, routing and fan-out that tie the others together.
 //!
@@ -20,6 +21,7 @@ pub mod hub;
 pub mod jsonrpc;
 pub mod ndjson;
 pub mod queue;
+pub mod rate;
 pub mod sse;
 pub mod timers;
 pub mod ws;

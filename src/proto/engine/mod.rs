@@ -35,6 +35,7 @@ use super::auth::{Authenticator, Grant};
 use super::http::{self, BodyDecoder, HttpError, Request};
 use super::hub::{self, Event, EventId, Hub, HubError, Subscription};
 use super::queue::{Encoding, Overflow, Policy, WriteQueue};
+use super::rate::RateLimiter;
 use super::sse;
 use super::timers::{TimerSlot, Timers};
 use super::ws;
@@ -116,6 +117,8 @@ pub struct Counters {
     pub slow_consumers_disconnected: u64,
     /// Connections refused with 503 (`max_connections`) or 429 (`max_connections_per_ip`).
     pub connections_refused: u64,
+    /// Requests refused with 429, and WebSocket messages refused, by the rate limits.
+    pub rate_limited: u64,
 }
 
 /// What a connection is doing.
@@ -213,6 +216,11 @@ pub struct Engine {
     auth: Authenticator,
     /// What a request gets while authentication is off: every topic.
     open_grant: Arc<Grant>,
+    /// Request rates by client address (`stream-rate-limiting`).
+    rate: RateLimiter,
+    /// The CORS headers of the request being dispatched (empty: none), for its response or
+    /// stream head.
+    cors: String,
 }
 
 /// Fills a buffer with random bytes; returns whether it could.
@@ -280,6 +288,8 @@ impl Engine {
                 config.security.jwt_secret.as_deref(),
             ),
             open_grant: Arc::new(Grant::all()),
+            rate: RateLimiter::default(),
+            cors: String::new(),
             config,
         }
     }
@@ -566,6 +576,7 @@ impl Engine {
             self.drain_deadline,
             self.mcp_next_reap(),
             self.mcp_next_call(),
+            self.rate.next_sweep(),
         ]
         .into_iter()
         .flatten()
@@ -584,6 +595,10 @@ impl Engine {
         }
         self.mcp_calls_due(now);
         self.mcp_reap(now);
+        if self.rate.next_sweep().is_some_and(|due| due <= now) {
+            let per_minute = self.config.security.max_requests_per_minute;
+            self.rate.sweep(per_minute, now);
+        }
         if self.drain_deadline.is_some_and(|d| d <= now) {
             let all: Vec<ConnId> = self.conns.iter().map(|(i, c)| id_of(i, c)).collect();
             for id in all {
@@ -814,6 +829,11 @@ impl Engine {
 
     /// Queues a complete response and moves `id` to its next request (or closes it).
     fn respond(&mut self, now: Instant, id: ConnId, response: Vec<u8>, keep_alive: bool) {
+        let response = if self.cors.is_empty() {
+            response
+        } else {
+            http::insert_headers(response, &self.cors)
+        };
         let limit = self.config.backpressure.max_queue_bytes;
         let keep_alive = keep_alive && !self.is_shutting_down();
         let Some(conn) = self.conn_mut(id) else {
@@ -1031,8 +1051,77 @@ impl Engine {
 
     /// Routes a complete request.
     fn dispatch(&mut self, now: Instant, id: ConnId, request: Request, body: Vec<u8>) {
+        self.cors = self.cors_headers(&request);
+        self.route(now, id, request, body);
+        self.cors.clear();
+    }
+
+    /// The CORS headers for `request`: with `cors_enabled` and an `Origin` that
+    /// `cors_origins` allows, `Access-Control-Allow-Origin` (`*`, or the origin itself with
+    /// credentials allowed) and the headers a page may read.
+    fn cors_headers(&self, request: &Request) -> String {
+        let security = &self.config.security;
+        let Some(origin) = request.header("origin").filter(|_| security.cors_enabled) else {
+            return String::new();
+        };
+        let expose =
+            "Access-Control-Expose-Headers: Mcp-Session-Id, Retry-After, WWW-Authenticate\r\n";
+        if security.cors_origins.iter().any(|o| o == "*") {
+            format!("Access-Control-Allow-Origin: *\r\n{expose}")
+        } else if security.cors_origins.iter().any(|o| o == origin)
+            && !origin.contains(['\r', '\n'])
+        {
+            format!(
+                "Access-Control-Allow-Origin: {origin}\r\nVary: Origin\r\n\
+                 Access-Control-Allow-Credentials: true\r\n{expose}"
+            )
+        } else {
+            String::new()
+        }
+    }
+
+    /// A CORS preflight (`OPTIONS` with `Origin` and `Access-Control-Request-Method`):
+    /// `204` with what may be sent, or `403` for an origin `cors_origins` does not allow.
+    fn preflight(&self, request: &Request) -> Vec<u8> {
+        let keep_alive = request.keep_alive();
+        if self.cors.is_empty() {
+            return http::error_response(403, "origin not allowed", "", keep_alive);
+        }
+        // The headers asked for, if they are plain header names; else the ones the API reads.
+        let asked = request
+            .header("access-control-request-headers")
+            .filter(|h| h.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_, ".contains(&b)))
+            .unwrap_or("Authorization, Content-Type, Accept, Mcp-Session-Id, MCP-Protocol-Version, Last-Event-ID");
+        let headers = format!(
+            "{}Access-Control-Allow-Methods: GET, POST, PUT, DELETE, OPTIONS\r\n\
+             Access-Control-Allow-Headers: {asked}\r\nAccess-Control-Max-Age: 600\r\n",
+            self.cors
+        );
+        http::response(204, "text/plain", b"", &headers, keep_alive)
+    }
+
+    fn route(&mut self, now: Instant, id: ConnId, request: Request, body: Vec<u8>) {
         let keep_alive = request.keep_alive();
         let method = request.method.as_str();
+        if method == "OPTIONS"
+            && self.config.security.cors_enabled
+            && request.header("origin").is_some()
+            && request.header("access-control-request-method").is_some()
+        {
+            let response = self.preflight(&request);
+            self.cors.clear();
+            return self.respond(now, id, response, keep_alive);
+        }
+        if request.path != "/health" && self.features.is_enabled(Feature::StreamRateLimiting) {
+            let per_minute = self.config.security.max_requests_per_minute;
+            let ip = self.conn(id).map(|c| c.ip);
+            if let Some(Err(wait)) = ip.map(|ip| self.rate.check(ip, per_minute, now)) {
+                self.counters.rate_limited += 1;
+                let retry = format!("Retry-After: {wait}\r\n");
+                let response = http::error_response(429, "rate limited", &retry, keep_alive);
+                return self.respond(now, id, response, keep_alive);
+            }
+        }
         let mcp_endpoint = request.path == self.config.mcp.path;
         let mcp_path = mcp_endpoint || matches!(request.path.as_str(), "/sse" | "/messages");
         let protected = mcp_path
@@ -1281,6 +1370,7 @@ impl Engine {
         let policy = policy(&self.config);
         let retry_ms = self.config.sse.retry_ms;
         let heartbeat = self.config.sse.heartbeat();
+        let cors = std::mem::take(&mut self.cors);
         let Some(conn) = self.conn_mut(id) else {
             return Ok(());
         };
@@ -1288,7 +1378,7 @@ impl Engine {
         conn.out.push_owned(sse::stream_opening(
             retry_ms,
             &conn.public_id.to_string(),
-            "",
+            &cors,
         ));
         let mut overflow = false;
         let mut dropped = 0;

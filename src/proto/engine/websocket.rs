@@ -17,10 +17,14 @@ use crate::proto::http::{self, Request};
 use crate::proto::hub::{self, HubError, Subscription};
 use crate::proto::jsonrpc;
 use crate::proto::queue::Encoding;
+use crate::proto::rate::Bucket;
 use crate::proto::ws::{self, Incoming, Session};
 
 /// The most rooms one connection may be in.
 const MAX_ROOMS_PER_CONNECTION: usize = 64;
+
+/// Messages refused by the rate limit in a row before the connection is closed (1008).
+const MAX_STRIKES: u32 = 10;
 
 /// A WebSocket connection's state.
 #[derive(Debug)]
@@ -35,6 +39,10 @@ pub(super) struct WsConn {
     pub(super) mcp_session: Option<Box<str>>,
     /// The topics its credential allows.
     grant: Arc<Grant>,
+    /// Its publishes and broadcasts (`stream-rate-limiting`), from the first one.
+    rate: Option<Bucket>,
+    /// Messages refused by the rate in a row.
+    strikes: u32,
     /// When it last sent anything.
     last_seen: Instant,
     /// When the ping it has not yet answered was sent.
@@ -105,6 +113,8 @@ impl Engine {
             everyone_key,
             mcp_session: mcp_session.map(Into::into),
             grant,
+            rate: None,
+            strikes: 0,
             last_seen: now,
             ping_sent: None,
         }));
@@ -181,6 +191,7 @@ impl Engine {
             "ping" => self.ws_reply(id, &json!({"type": "pong"})),
             "join" => self.ws_join(now, id, &message),
             "leave" => self.ws_leave(id, &message),
+            "broadcast" | "publish" if !self.ws_rate_allows(now, id) => {}
             "broadcast" => self.ws_broadcast(now, id, &message),
             "publish" => self.ws_publish(now, id, &message),
             other => {
@@ -189,6 +200,36 @@ impl Engine {
                 self.ws_error(id, &format!("unknown message type {shown:?}"));
             }
         }
+    }
+
+    /// Whether `id` may publish or broadcast now (`stream-rate-limiting`:
+    /// `max_requests_per_minute` messages a minute per connection). A refused message gets an
+    /// error; [`MAX_STRIKES`] refused in a row close the connection with 1008.
+    fn ws_rate_allows(&mut self, now: Instant, id: ConnId) -> bool {
+        if !self.features.is_enabled(Feature::StreamRateLimiting) {
+            return true;
+        }
+        let per_minute = self.config.security.max_requests_per_minute;
+        let Some(socket) = self.ws_mut(id) else {
+            return false;
+        };
+        let bucket = socket
+            .rate
+            .get_or_insert_with(|| Bucket::full(per_minute, now));
+        if bucket.take(per_minute, now).is_ok() {
+            socket.strikes = 0;
+            return true;
+        }
+        socket.strikes += 1;
+        let strikes = socket.strikes;
+        self.counters.rate_limited += 1;
+        if strikes >= MAX_STRIKES {
+            self.ws_close(now, id, 1008, "rate limited");
+        } else {
+            let reason = format!("rate limited: at most {per_minute} messages a minute");
+            self.ws_error(id, &reason);
+        }
+        false
     }
 
     fn ws_join(&mut self, now: Instant, id: ConnId, message: &Value) {

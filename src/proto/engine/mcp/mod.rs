@@ -1084,11 +1084,11 @@ impl Engine {
         log.attached = Some(id);
         let retry = self.config.sse.retry_ms;
         let heartbeat = self.config.sse.heartbeat();
+        let head = sse::stream_head(&format!("Mcp-Session-Id: {session}\r\n{}", self.cors));
         let Some(conn) = self.conn_mut(id) else {
             return;
         };
         conn.inbuf = Vec::new();
-        let head = sse::stream_head(&format!("Mcp-Session-Id: {session}\r\n"));
         conn.out.push_owned(head);
         conn.out
             .push_owned(format!("retry: {retry}\n\n").into_bytes());
