@@ -44,8 +44,11 @@ fn serve(args: &ServeArgs) -> ExitCode {
         Ok(config) => config,
         Err(e) => return usage_error(&e.to_string()),
     };
-    if config.tls.is_enabled() {
-        return usage_error("TLS is not in this build yet");
+    let tls = config.tls.is_enabled();
+    if tls && !cfg!(feature = "tls") {
+        return usage_error(
+            "TLS is configured (tls.cert, tls.key) but this build has no TLS: rebuild with the `tls` feature",
+        );
     }
     let level = args.log_level.unwrap_or(log::LevelFilter::Info);
     if let Err(e) = simple_logger::SimpleLogger::new()
@@ -63,6 +66,10 @@ fn serve(args: &ServeArgs) -> ExitCode {
     }
     let server = match Server::bind(config) {
         Ok(server) => server,
+        // A certificate or key that cannot be loaded: the error names the file.
+        Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => {
+            return usage_error(&e.to_string())
+        }
         Err(e) => {
             eprintln!("mcp-stream: cannot listen: {e}");
             return ExitCode::FAILURE;
@@ -70,9 +77,10 @@ fn serve(args: &ServeArgs) -> ExitCode {
     };
     // Exactly one line on stdout, flushed, so that a parent can read the address; printed
     // once SIGTERM already means a graceful drain.
+    let scheme = if tls { "https" } else { "http" };
     let ready = |addr| {
         let mut stdout = std::io::stdout();
-        if writeln!(stdout, "listening on http://{addr}")
+        if writeln!(stdout, "listening on {scheme}://{addr}")
             .and_then(|()| stdout.flush())
             .is_err()
         {

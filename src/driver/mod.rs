@@ -9,6 +9,10 @@
 //! Per wake-up the work is bounded: at most [`READ_BUDGET`] bytes read from one connection and
 //! [`ACCEPT_BUDGET`] connections accepted before the others get their turn; what is left is kept
 //! on a ready list, and [`Server::poll_timeout`] says zero until it is done.
+//!
+//! With `tls.cert` and `tls.key` (and the `tls` feature, on by default) every connection gets a
+//! rustls session on the same loop: reads go socket → session → engine, writes engine → session
+//! → socket, and a peer that speaks plaintext to the TLS port is answered `400` and closed.
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, Read, Write};
@@ -29,8 +33,10 @@ use crate::proto::hub::{self, EventId, HubError};
 use crate::proto::ConnId;
 
 mod children;
+mod tls;
 
 use children::{Children, Pipe};
+use tls::Received;
 
 /// The most bytes read from one connection per wake-up before others get their turn.
 pub const READ_BUDGET: usize = 256 * 1024;
@@ -154,6 +160,8 @@ impl Layout {
 struct Socket {
     id: ConnId,
     stream: TcpStream,
+    /// Its TLS session when the listener serves TLS; `None` on the plaintext path.
+    tls: Option<Box<tls::Session>>,
     /// Whether it is registered for writability (only while output is pending).
     writable: bool,
     /// Whether it is on the ready list (input left unread when its budget ran out).
@@ -282,16 +290,23 @@ pub struct Server {
     read_buffer: Box<[u8]>,
     /// The gateway's child processes.
     children: Children,
+    /// The certificate and key when the listener serves TLS (`tls.cert`, `tls.key`).
+    tls: Option<tls::Acceptor>,
 }
 
 impl Server {
     /// Checks `config` and binds its listen address (with a backlog that survives bursts of
     /// connects). Nothing is served until the server is registered with a [`Poll`] (or
     /// [`Server::run`]). An invalid config is an [`io::ErrorKind::InvalidInput`] error.
+    ///
+    /// With `tls.cert` and `tls.key` set, the listener serves HTTPS and WSS only. A PEM file
+    /// that cannot be read or holds no usable certificate or key (or a build without the `tls`
+    /// feature) is an [`io::ErrorKind::InvalidInput`] error that names the file.
     pub fn bind(config: Config) -> io::Result<Server> {
         config
             .validate()
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+        let tls = tls::Acceptor::new(&config.tls, config.backpressure.max_queue_bytes)?;
         let listener = listen(config.listen)?;
         let local_addr = listener.local_addr()?;
         let (sender, publications) = mpsc::sync_channel(config.real_time.buffer_size.max(1));
@@ -316,6 +331,7 @@ impl Server {
             },
             read_buffer: vec![0; READ_BUFFER].into_boxed_slice(),
             children: Children::default(),
+            tls,
         })
     }
 
@@ -591,6 +607,10 @@ impl Server {
         socket_in(&mut self.sockets, id)
     }
 
+    fn tls_session(&mut self, id: ConnId) -> Option<&mut tls::Session> {
+        self.socket_mut(id)?.tls.as_deref_mut()
+    }
+
     fn accept(&mut self, now: Instant) {
         for _ in 0..ACCEPT_BUDGET {
             let Some(listener) = &self.listener else {
@@ -623,6 +643,14 @@ impl Server {
         let Some(id) = self.engine.accept(now, peer) else {
             return;
         };
+        let tls = match self.tls.as_ref().map(tls::Acceptor::session).transpose() {
+            Ok(tls) => tls,
+            Err(e) => {
+                log::warn!("TLS session for {peer}: {e}");
+                self.engine.handle_closed(id);
+                return;
+            }
+        };
         let _ = stream.set_nodelay(true);
         if let Err(e) = registry.register(&mut stream, layout.conn(id), Interest::READABLE) {
             log::warn!("register {peer}: {e}");
@@ -636,6 +664,7 @@ impl Server {
         self.sockets[index] = Some(Socket {
             id,
             stream,
+            tls,
             writable: false,
             ready: false,
         });
@@ -643,6 +672,9 @@ impl Server {
     }
 
     fn read(&mut self, now: Instant, id: ConnId) {
+        if self.tls.is_some() {
+            return self.read_tls(now, id);
+        }
         let mut budget = READ_BUDGET;
         loop {
             let Some(socket) = socket_in(&mut self.sockets, id) else {
@@ -673,11 +705,89 @@ impl Server {
         }
     }
 
+    /// Reads from a TLS socket what its budget allows: the ciphertext goes through the
+    /// connection's session and the plaintext to the engine. Output of the session's own
+    /// (handshake messages, alerts, and plaintext held back during the handshake) is written
+    /// before returning.
+    fn read_tls(&mut self, now: Instant, id: ConnId) {
+        let mut budget = READ_BUDGET;
+        let Some(was_handshaking) = self.tls_session(id).map(|s| s.is_handshaking()) else {
+            return;
+        };
+        loop {
+            let Some(socket) = socket_in(&mut self.sockets, id) else {
+                return;
+            };
+            let Some(session) = socket.tls.as_deref_mut() else {
+                return;
+            };
+            match socket.stream.read(&mut self.read_buffer) {
+                Ok(0) => {
+                    self.engine.handle_read_closed(now, id);
+                    break;
+                }
+                Ok(n) => {
+                    let engine = &mut self.engine;
+                    let received = session.receive(&self.read_buffer[..n], |plaintext| {
+                        engine.handle_input(now, id, plaintext)
+                    });
+                    match received {
+                        Received::Open => {}
+                        Received::PeerClosed => {
+                            self.engine.handle_read_closed(now, id);
+                            break;
+                        }
+                        Received::NotTls => {
+                            // A fresh socket takes these few bytes at once; if it does not,
+                            // the peer gets the end of stream without them.
+                            log::debug!("connection {id}: plaintext on the TLS port: refused");
+                            let _ = socket.stream.write_all(&tls::refusal());
+                            let _ = socket.stream.shutdown(Shutdown::Write);
+                            // What it sends from now on is dropped; its end of stream (or
+                            // the engine's head deadline) closes the connection.
+                        }
+                        Received::Failed(reason) => {
+                            log::debug!("connection {id}: TLS: {reason}");
+                            // Best effort: the alert the session queued, if the socket takes it.
+                            let _ = session.write_to(&mut socket.stream);
+                            return self.drop_socket(id, true);
+                        }
+                    }
+                    budget = budget.saturating_sub(n);
+                    if budget == 0 {
+                        if let Some(socket) = self.socket_mut(id) {
+                            if !socket.ready {
+                                socket.ready = true;
+                                self.ready.push_back(id);
+                            }
+                        }
+                        break;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    log::debug!("connection {id}: read: {e}");
+                    return self.drop_socket(id, true);
+                }
+            }
+        }
+        let Some(session) = self.tls_session(id) else {
+            return;
+        };
+        if session.wants_write() || (was_handshaking && !session.is_handshaking()) {
+            self.flush(now, id, false);
+        }
+    }
+
     /// Writes `id`'s output until it is all written or the socket is full. A socket known to
     /// be full is left alone until its writable event (`writable_event`).
     fn flush(&mut self, now: Instant, id: ConnId, writable_event: bool) {
         if !writable_event && self.socket_mut(id).is_some_and(|s| s.writable) {
             return;
+        }
+        if self.tls.is_some() {
+            return self.flush_tls(now, id);
         }
         loop {
             let Some(socket) = socket_in(&mut self.sockets, id) else {
@@ -706,6 +816,78 @@ impl Server {
             if let Some(socket) = self.socket_mut(id) {
                 let _ = socket.stream.shutdown(Shutdown::Write);
             }
+        }
+    }
+
+    /// [`Server::flush`] through the TLS session: what the session holds is written first; then
+    /// the engine's output goes into the session, as much as its buffer limit takes, and out
+    /// again, until both are empty or the socket is full. Write interest stays on while
+    /// either holds output. The engine hears `on_drained` only once the handshake is over and
+    /// both are empty; its `ShutdownWrite` sends `close_notify` before the write side is shut.
+    fn flush_tls(&mut self, now: Instant, id: ConnId) {
+        loop {
+            let Some(socket) = socket_in(&mut self.sockets, id) else {
+                return;
+            };
+            let Some(session) = socket.tls.as_deref_mut() else {
+                return;
+            };
+            if session.is_refused() {
+                // The peer was told in plaintext; what the engine says is not for it.
+                let mut slices = [IoSlice::new(&[]); MAX_SLICES];
+                let n = self.engine.output(id, &mut slices);
+                let queued = slices[..n].iter().map(|s| s.len()).sum();
+                if queued > 0 {
+                    self.engine.consume_output(id, queued);
+                    continue;
+                }
+                self.set_writable(id, false);
+                let _ = self.engine.on_drained(now, id);
+                return;
+            }
+            if session.wants_write() {
+                match session.write_to(&mut socket.stream) {
+                    Ok(0) => return self.drop_socket(id, true),
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        return self.set_writable(id, true);
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        log::debug!("connection {id}: write: {e}");
+                        return self.drop_socket(id, true);
+                    }
+                }
+                continue;
+            }
+            if session.take_shutdown() {
+                let _ = socket.stream.shutdown(Shutdown::Write);
+                return self.set_writable(id, false);
+            }
+            let mut slices = [IoSlice::new(&[]); MAX_SLICES];
+            let n = self.engine.output(id, &mut slices);
+            let taken = if n == 0 {
+                0
+            } else {
+                session.push(&slices[..n])
+            };
+            if taken > 0 {
+                self.engine.consume_output(id, taken);
+                continue;
+            }
+            // Nothing is left, or the rest waits for the handshake to end (which flushes).
+            let handshaking = session.is_handshaking();
+            self.set_writable(id, false);
+            if n > 0 || handshaking {
+                return;
+            }
+            if self.engine.on_drained(now, id) != Drained::ShutdownWrite {
+                return;
+            }
+            let Some(session) = self.tls_session(id) else {
+                return;
+            };
+            session.close_notify();
         }
     }
 
