@@ -479,9 +479,17 @@ fn show_str(s: &str) -> String {
     show(&Value::String(s.to_string()))
 }
 
+/// The dotted path of `key` under `prefix`; a key with control characters is written
+/// escaped, as in JSON, so that every error stays one line.
 fn join(prefix: &str, key: &str) -> String {
-    if prefix.is_empty() {
+    let key = if key.chars().any(char::is_control) {
+        let quoted = Value::String(key.to_string()).to_string();
+        quoted[1..quoted.len() - 1].to_string()
+    } else {
         key.to_string()
+    };
+    if prefix.is_empty() {
+        key
     } else {
         format!("{prefix}.{key}")
     }
@@ -735,7 +743,7 @@ impl Config {
                 "streaming" => self.apply_streaming(v, p)?,
                 "tls" => self.apply_tls(v, p)?,
                 "mcp" => self.apply_mcp(v, p)?,
-                _ => return unknown_key(p),
+                _ => return unknown_key(&join("", p)),
             }
         }
         Ok(())

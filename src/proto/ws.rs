@@ -173,6 +173,9 @@ pub struct Failure {
 #[derive(Debug)]
 pub struct Session {
     ws: WebSocket<Memory>,
+    /// A failure has ended the session: what comes after is not read (tungstenite's codec
+    /// is left mid-frame by some failures, and must not be fed again).
+    failed: bool,
 }
 
 impl Session {
@@ -186,6 +189,7 @@ impl Session {
             .max_frame_size(Some(max_message_bytes));
         Session {
             ws: WebSocket::from_raw_socket(Memory::default(), Role::Server, Some(config)),
+            failed: false,
         }
     }
 
@@ -193,6 +197,9 @@ impl Session {
     /// the session (after the messages before it). Bytes to send come from
     /// [`Session::take_output`].
     pub fn receive(&mut self, data: &[u8]) -> (Vec<Incoming>, Option<Failure>) {
+        if self.failed {
+            return (Vec::new(), None);
+        }
         let memory = self.ws.get_mut();
         memory.input.extend_from_slice(data);
         let mut incoming = Vec::new();
@@ -231,6 +238,7 @@ impl Session {
                 }
             }
         };
+        self.failed = failure.is_some();
         // Pongs and close replies wait in tungstenite until flushed.
         let _ = self.ws.flush();
         let memory = self.ws.get_mut();
