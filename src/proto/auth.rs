@@ -259,9 +259,9 @@ fn base64url_encode(bytes: &[u8]) -> String {
     out
 }
 
-/// Decodes unpadded (or padded) base64url.
+/// Decodes unpadded base64url, strictly: one text for one value (no padding, no stray bits),
+/// so that a token has exactly one spelling.
 fn base64url(text: &str) -> Option<Vec<u8>> {
-    let text = text.trim_end_matches('=');
     let mut out = Vec::with_capacity(text.len() * 3 / 4);
     let (mut acc, mut bits) = (0u32, 0u32);
     for b in text.bytes() {
@@ -281,8 +281,8 @@ fn base64url(text: &str) -> Option<Vec<u8>> {
             acc &= (1 << bits) - 1;
         }
     }
-    // A lone sixth of a byte is no encoding of anything.
-    (bits < 6).then_some(out)
+    // A lone sixth of a byte is no encoding of anything, and the bits left over must be zero.
+    (bits < 6 && acc == 0).then_some(out)
 }
 
 #[cfg(test)]
@@ -308,8 +308,10 @@ mod tests {
             let bytes: Vec<u8> = (0..len).map(|i| (i * 37 + 11) as u8).collect();
             assert_eq!(base64url(&base64url_encode(&bytes)).unwrap(), bytes);
         }
-        assert_eq!(base64url("aGk=").unwrap(), b"hi");
+        assert_eq!(base64url("aGk").unwrap(), b"hi");
         assert!(base64url("a").is_none() && base64url("a+b/").is_none());
+        // One spelling only: no padding, no stray low bits.
+        assert!(base64url("aGk=").is_none() && base64url("aGl").is_none());
     }
 
     #[test]

@@ -248,6 +248,11 @@ impl BodyDecoder {
                     let rest = &input[at..];
                     match *state {
                         ChunkState::Size => match httparse::parse_chunk_size(rest) {
+                            // The same cap whether the line came whole or in pieces (a
+                            // partial line is held up to the cap, its CRLF still to come).
+                            Ok(httparse::Status::Complete((n, _))) if n > MAX_CHUNK_LINE + 1 => {
+                                return Err(HttpError::new(400, "invalid chunk size"));
+                            }
                             Ok(httparse::Status::Complete((n, size))) => {
                                 at += n;
                                 *state = if size == 0 {
@@ -333,16 +338,20 @@ pub fn reason_phrase(status: u16) -> &'static str {
         100 => "Continue",
         200 => "OK",
         202 => "Accepted",
+        101 => "Switching Protocols",
         204 => "No Content",
         400 => "Bad Request",
         401 => "Unauthorized",
         403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
+        406 => "Not Acceptable",
         408 => "Request Timeout",
+        409 => "Conflict",
         413 => "Content Too Large",
         429 => "Too Many Requests",
         431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
         501 => "Not Implemented",
         503 => "Service Unavailable",
         505 => "HTTP Version Not Supported",
