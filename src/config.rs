@@ -14,6 +14,27 @@ use serde_json::{Map, Value};
 
 use crate::features::{Feature, FeatureSet};
 
+/// Every environment variable the configuration reads (CONTRACT "Configuration").
+pub const ENV_VARS: &[&str] = &[
+    "SSE_ENABLED",
+    "WEBSOCKET_ENABLED",
+    "MAX_CONNECTIONS",
+    "STREAM_BUFFER_SIZE",
+    "PROCESSING_INTERVAL",
+    "STREAM_COMPRESSION",
+    "CONNECTION_POOLING",
+    "AUTO_RECONNECTION",
+    "MONITORING_ENABLED",
+    "STREAM_AUTHENTICATION",
+    "STREAM_RATE_LIMITING",
+    "MAX_REQUESTS_PER_MINUTE",
+    "CORS_ENABLED",
+    "MCP_STREAM_LISTEN",
+    "MCP_STREAM_TOKENS",
+    "MCP_STREAM_JWT_SECRET",
+    "MCP_STREAM_ADMIN_TOKEN",
+];
+
 /// A configuration problem; `Display` is the one-line reason (it names the key, variable or file).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ConfigError(pub String);
@@ -1790,26 +1811,7 @@ mod tests {
         let mut c = Config::default();
         c.security.tokens = vec!["keep".into()];
         c.security.jwt_secret = Some("keep".into());
-        let all = [
-            "SSE_ENABLED",
-            "WEBSOCKET_ENABLED",
-            "MAX_CONNECTIONS",
-            "STREAM_BUFFER_SIZE",
-            "PROCESSING_INTERVAL",
-            "STREAM_COMPRESSION",
-            "CONNECTION_POOLING",
-            "AUTO_RECONNECTION",
-            "MONITORING_ENABLED",
-            "STREAM_AUTHENTICATION",
-            "STREAM_RATE_LIMITING",
-            "MAX_REQUESTS_PER_MINUTE",
-            "CORS_ENABLED",
-            "MCP_STREAM_LISTEN",
-            "MCP_STREAM_TOKENS",
-            "MCP_STREAM_JWT_SECRET",
-            "MCP_STREAM_ADMIN_TOKEN",
-        ];
-        let pairs: Vec<(&str, &str)> = all.iter().map(|k| (*k, "")).collect();
+        let pairs: Vec<(&str, &str)> = ENV_VARS.iter().map(|k| (*k, "")).collect();
         let before = c.clone();
         c.apply_env(env(&pairs)).unwrap();
         assert_eq!(c, before);

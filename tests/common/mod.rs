@@ -30,25 +30,7 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_mcp-stream");
 
 /// Every environment variable the server reads: cleared for each child so that the developer's
 /// environment cannot change a test.
-pub const CONFIG_ENV: &[&str] = &[
-    "SSE_ENABLED",
-    "WEBSOCKET_ENABLED",
-    "MAX_CONNECTIONS",
-    "STREAM_BUFFER_SIZE",
-    "PROCESSING_INTERVAL",
-    "STREAM_COMPRESSION",
-    "CONNECTION_POOLING",
-    "AUTO_RECONNECTION",
-    "MONITORING_ENABLED",
-    "STREAM_AUTHENTICATION",
-    "STREAM_RATE_LIMITING",
-    "MAX_REQUESTS_PER_MINUTE",
-    "CORS_ENABLED",
-    "MCP_STREAM_LISTEN",
-    "MCP_STREAM_TOKENS",
-    "MCP_STREAM_JWT_SECRET",
-    "MCP_STREAM_ADMIN_TOKEN",
-];
+pub const CONFIG_ENV: &[&str] = mcp_stream::config::ENV_VARS;
 
 // ---------------------------------------------------------------------------------------------
 // Temporary files
