@@ -5,8 +5,10 @@
 //! `(when, connection)`. Moving a deadline later touches only the slot — the heap entry, when it
 //! comes due, finds the later deadline and re-queues itself — so the hot path (a heartbeat
 //! pushed back by every event) costs nothing here. Moving it earlier pushes one entry. Entries of
-//! closed connections and superseded entries are skipped when they come out; a connection has at
-//! most a few entries at any time, so the heap stays O(connections).
+//! closed connections and superseded entries are skipped when they come out, not before: an open
+//! connection has at most a few entries, and a closed one leaves its last until that deadline
+//! passes. So the heap holds O(connections open, plus those closed within the longest deadline),
+//! and its memory does not shrink after a burst (the abuse benchmark shows it).
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
