@@ -67,6 +67,8 @@ pub struct Unauthorized(pub &'static str);
 
 /// Checks credentials against the configured static tokens and JWT secret.
 pub struct Authenticator {
+    /// The admin token's tag, compared like the static tokens'.
+    admin: Option<hmac::Tag>,
     /// The static tokens' HMAC tags under [`TOKEN_KEY`]: a candidate is compared by tag, in
     /// constant time (`hmac::verify`), never byte by byte.
     tokens: Vec<hmac::Tag>,
@@ -88,15 +90,33 @@ impl std::fmt::Debug for Authenticator {
 }
 
 impl Authenticator {
-    /// An authenticator for `tokens` and, if set, HS256 JWTs signed with `jwt_secret`.
-    pub fn new(tokens: &[String], jwt_secret: Option<&str>) -> Authenticator {
+    /// An authenticator for `tokens` and, if set, HS256 JWTs signed with `jwt_secret` and the
+    /// admin API's `admin_token`.
+    pub fn new(
+        tokens: &[String],
+        jwt_secret: Option<&str>,
+        admin_token: Option<&str>,
+    ) -> Authenticator {
         Authenticator {
+            admin: admin_token.map(|t| hmac::sign(&token_key(), t.as_bytes())),
             tokens: tokens
                 .iter()
                 .map(|t| hmac::sign(&token_key(), t.as_bytes()))
                 .collect(),
             jwt_key: jwt_secret.map(|s| hmac::Key::new(hmac::HMAC_SHA256, s.as_bytes())),
         }
+    }
+
+    /// Whether an admin token is configured.
+    pub fn has_admin_token(&self) -> bool {
+        self.admin.is_some()
+    }
+
+    /// Whether `token` is the admin token (compared in constant time).
+    pub fn is_admin_token(&self, token: &str) -> bool {
+        self.admin
+            .as_ref()
+            .is_some_and(|tag| hmac::verify(&token_key(), token.as_bytes(), tag.as_ref()).is_ok())
     }
 
     /// Checks the credential `request` carries; `now_unix` is the wall clock in seconds
@@ -331,7 +351,7 @@ mod tests {
 
     #[test]
     fn static_tokens_and_jwts_are_checked() {
-        let auth = Authenticator::new(&["s3cret".into()], Some("key"));
+        let auth = Authenticator::new(&["s3cret".into()], Some("key"), None);
         let with = |token: &str| request(&[("authorization", &format!("Bearer {token}"))], "");
         assert_eq!(auth.check(&with("s3cret"), None), Ok(Grant::all()));
         assert_eq!(
@@ -393,7 +413,7 @@ mod tests {
             "token algorithm must be HS256"
         );
         // Without a secret, a JWT is just a wrong token.
-        let tokens_only = Authenticator::new(&["s3cret".into()], None);
+        let tokens_only = Authenticator::new(&["s3cret".into()], None, None);
         let token = sign_jwt(&serde_json::json!({}), b"key");
         assert_eq!(
             tokens_only.check(&with(&token), None),

@@ -43,6 +43,7 @@ use super::ConnId;
 use crate::config::{Config, SlowConsumer};
 use crate::features::{Feature, FeatureSet};
 
+mod admin;
 mod mcp;
 mod websocket;
 
@@ -286,6 +287,7 @@ impl Engine {
             auth: Authenticator::new(
                 &config.security.tokens,
                 config.security.jwt_secret.as_deref(),
+                config.security.admin_token.as_deref(),
             ),
             open_grant: Arc::new(Grant::all()),
             rate: RateLimiter::default(),
@@ -1124,13 +1126,26 @@ impl Engine {
         }
         let mcp_endpoint = request.path == self.config.mcp.path;
         let mcp_path = mcp_endpoint || matches!(request.path.as_str(), "/sse" | "/messages");
+        let admin = request.path.starts_with("/admin/");
+        if admin {
+            if let Err((status, reason)) = self.admin_access(id, &request) {
+                let challenge = if status == 401 {
+                    "WWW-Authenticate: Bearer realm=\"mcp-stream admin\"\r\n"
+                } else {
+                    ""
+                };
+                let response = http::error_response(status, reason, challenge, keep_alive);
+                return self.respond(now, id, response, keep_alive);
+            }
+        }
         let protected = mcp_path
             || matches!(
                 request.path.as_str(),
                 "/stream/sse" | "/stream/ws" | "/stream/publish"
             )
             || (request.path == "/" && ws::wants_upgrade(&request))
-            || request.path.starts_with("/admin/");
+            // With an admin token, the admin API takes that token instead.
+            || (admin && !self.auth.has_admin_token());
         let grant = match self.authenticate(now, &request, protected) {
             Ok(grant) => grant,
             Err(reason) => {
@@ -1190,6 +1205,7 @@ impl Engine {
                 "GET" => return self.open_sse(now, id, &request, &grant),
                 _ => method_not_allowed("GET", keep_alive),
             },
+            _ if admin => self.admin_request(now, &request, &body),
             "/stream/publish" => match method {
                 "POST" => self.publish_request(now, &body, keep_alive, &grant),
                 _ => method_not_allowed("POST", keep_alive),

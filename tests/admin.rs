@@ -1,0 +1,102 @@
+//! The admin API end to end (CONTRACT "Operations", "Feature toggles"): listing the toggles,
+//! turning one off and on at runtime with the effect at once (and the open streams of the
+//! feature closed cleanly), namespaced names, errors, and the admin token.
+
+mod common;
+
+use common::{Client, Sse, TestServer};
+use serde_json::{json, Value};
+
+fn put(server: &TestServer, name: &str, body: &str, token: Option<&str>) -> common::Response {
+    let auth;
+    let mut headers = vec![("Content-Type", "application/json")];
+    if let Some(t) = token {
+        auth = format!("Bearer {t}");
+        headers.push(("Authorization", &auth));
+    }
+    Client::connect(server.addr).request(
+        "PUT",
+        &format!("/admin/features/{name}"),
+        &headers,
+        body.as_bytes(),
+    )
+}
+
+#[test]
+fn features_are_listed_and_toggled_at_once() {
+    let server = TestServer::start();
+    let list = server.get("/admin/features").json();
+    let features = list["features"].as_object().unwrap();
+    assert_eq!(features.len(), 11, "{list}");
+    assert_eq!(features["sse-streaming"], true);
+    let mut open = server.sse("topic=t");
+    assert_eq!(open.next_event().event.as_deref(), Some("connected"));
+    let r = put(&server, "sse-streaming", r#"{"enabled":false}"#, None);
+    assert_eq!(
+        r.json(),
+        json!({"feature": "sse-streaming", "enabled": false})
+    );
+    // The open stream ends cleanly; new ones get 501.
+    open.client.expect_eof();
+    let refused = server.get("/stream/sse?topic=t");
+    assert_eq!(refused.assert_error(501), "SSE streaming not enabled");
+    assert_eq!(
+        server.get("/admin/features/sse-streaming").json()["enabled"],
+        false
+    );
+    // A namespaced name turns it back on.
+    let r = put(
+        &server,
+        "uiforge-mcp.sse-streaming",
+        r#"{"enabled":true}"#,
+        None,
+    );
+    assert_eq!(r.json()["enabled"], true);
+    let _again = Sse::open(server.addr, "topic=t", &[]);
+}
+
+#[test]
+fn bad_names_bodies_and_methods_are_refused() {
+    let server = TestServer::start();
+    assert_eq!(
+        put(&server, "warp-drive", r#"{"enabled":true}"#, None).assert_error(404),
+        "unknown feature"
+    );
+    let bad: Value = put(&server, "sse-streaming", r#"{"enabled":"yes"}"#, None).json();
+    assert!(bad["error"].as_str().unwrap().contains("enabled"), "{bad}");
+    let r =
+        Client::connect(server.addr).request("DELETE", "/admin/features/sse-streaming", &[], b"");
+    assert_eq!(r.status, 405);
+    assert_eq!(r.header("allow"), Some("GET, PUT"));
+}
+
+#[test]
+fn with_an_admin_token_the_api_needs_it() {
+    let server = TestServer::start_with(None, &[("MCP_STREAM_ADMIN_TOKEN", "root-token")]);
+    let r = server.get("/admin/features");
+    assert_eq!(r.assert_error(401), "admin token required");
+    assert_eq!(
+        put(
+            &server,
+            "mcp-transport",
+            r#"{"enabled":false}"#,
+            Some("nope")
+        )
+        .status,
+        401
+    );
+    let r = put(
+        &server,
+        "mcp-transport",
+        r#"{"enabled":false}"#,
+        Some("root-token"),
+    );
+    assert_eq!(r.json()["enabled"], false);
+    let mcp = Client::connect(server.addr).request(
+        "POST",
+        "/mcp",
+        &common::mcp::post_headers(None),
+        br#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{}}"#,
+    );
+    assert_eq!(mcp.assert_error(501), "MCP transport not enabled");
+}
