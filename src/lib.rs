@@ -67,6 +67,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod admin_client;
 pub mod cli;
 pub mod config;
 pub mod driver;

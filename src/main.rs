@@ -6,7 +6,8 @@
 use std::io::Write;
 use std::process::ExitCode;
 
-use mcp_stream::cli::{self, Command, ServeArgs};
+use mcp_stream::admin_client;
+use mcp_stream::cli::{self, Command, FeaturesAction, ServeArgs};
 use mcp_stream::config::Config;
 use mcp_stream::Server;
 
@@ -21,11 +22,56 @@ fn main() -> ExitCode {
             println!("{}", cli::version_text());
             ExitCode::SUCCESS
         }
-        Ok(Command::Features { .. }) => {
-            usage_error("`features` needs the admin API, which this build does not have yet")
-        }
+        Ok(Command::Features {
+            action,
+            server,
+            token,
+        }) => features(&action, &server, token),
         Ok(Command::Bench(_)) => usage_error("`bench` is not in this build yet"),
         Err(e) => usage_error(&e.to_string()),
+    }
+}
+
+/// `features list|enable|disable`: one request to the server's admin API; prints each feature as
+/// `NAME on|off`. The token is `--token`, else `MCP_STREAM_ADMIN_TOKEN`. Exits 1 when the
+/// server cannot be reached or refuses.
+fn features(action: &FeaturesAction, server: &str, token: Option<String>) -> ExitCode {
+    let token = token.or_else(|| std::env::var("MCP_STREAM_ADMIN_TOKEN").ok());
+    let (method, path, body) = match action {
+        FeaturesAction::List => ("GET", "/admin/features".to_string(), None),
+        FeaturesAction::Enable(name) | FeaturesAction::Disable(name) => (
+            "PUT",
+            format!("/admin/features/{name}"),
+            Some(serde_json::json!({"enabled": matches!(action, FeaturesAction::Enable(_))})),
+        ),
+    };
+    match admin_client::request(server, method, &path, body.as_ref(), token.as_deref()) {
+        Ok((200, answer)) => {
+            let one = answer
+                .get("feature")
+                .and_then(|f| f.as_str())
+                .map(|f| (f, &answer["enabled"]));
+            let lines: Vec<(&str, &serde_json::Value)> = match one {
+                Some(pair) => vec![pair],
+                None => answer["features"]
+                    .as_object()
+                    .map(|m| m.iter().map(|(k, v)| (k.as_str(), v)).collect())
+                    .unwrap_or_default(),
+            };
+            for (name, on) in lines {
+                println!("{name} {}", if on == true { "on" } else { "off" });
+            }
+            ExitCode::SUCCESS
+        }
+        Ok((status, answer)) => {
+            let reason = answer["error"].as_str().unwrap_or("no reason given");
+            eprintln!("mcp-stream: the server answered {status}: {reason}");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("mcp-stream: cannot reach {server}: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 

@@ -100,3 +100,53 @@ fn with_an_admin_token_the_api_needs_it() {
     );
     assert_eq!(mcp.assert_error(501), "MCP transport not enabled");
 }
+
+#[test]
+fn the_features_command_drives_the_admin_api() {
+    let server = TestServer::start_with(None, &[("MCP_STREAM_ADMIN_TOKEN", "root-token")]);
+    let url = format!("http://{}", server.addr);
+    let token = [("MCP_STREAM_ADMIN_TOKEN", "root-token")];
+    let list = common::run_to_exit(&["features", "list", "--server", &url], &token);
+    assert!(list.status.success(), "{list:?}");
+    assert_eq!(list.stdout.lines().count(), 11, "{}", list.stdout);
+    assert!(list.stdout.contains("websocket-streaming on\n"));
+    let off = common::run_to_exit(
+        &[
+            "features",
+            "disable",
+            "uiforge-mcp.websocket-streaming",
+            "--server",
+            &url,
+        ],
+        &token,
+    );
+    assert_eq!(off.stdout, "websocket-streaming off\n", "{off:?}");
+    let upgrade = Client::connect(server.addr).request(
+        "GET",
+        "/stream/ws",
+        &common::ws::upgrade_headers(),
+        b"",
+    );
+    assert_eq!(upgrade.status, 501);
+    let on = common::run_to_exit(
+        &[
+            "features",
+            "enable",
+            "websocket-streaming",
+            "--server",
+            &url,
+            "--token",
+            "root-token",
+        ],
+        &[],
+    );
+    assert_eq!(on.stdout, "websocket-streaming on\n", "{on:?}");
+    // Without the token the server refuses, and the command says so and fails.
+    let refused = common::run_to_exit(&["features", "list", "--server", &url], &[]);
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(
+        refused.stderr.contains("401: admin token required"),
+        "{}",
+        refused.stderr
+    );
+}
