@@ -10,37 +10,20 @@
 import { spawn } from "node:child_process";
 import { mkdtempSync, rmSync, writeFileSync, mkdirSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { dirname, join, resolve } from "node:path";
+import { dirname, join } from "node:path";
 import { createInterface } from "node:readline";
-import { fileURLToPath } from "node:url";
 
 import { chromium } from "playwright-core";
 
-const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "..", "..");
-const BIN = process.env.MCP_STREAM_BIN || join(ROOT, "target", "debug", "mcp-stream");
+import { BIN, CONFIG_ENV, ROOT, WAIT_MS, check, deepEqual, withTimeout } from "../common.mjs";
+
 const SCREENSHOT = join(ROOT, "target", "interop-browser.png");
-const WAIT_MS = 10_000;
-const CONFIG_ENV = [
-  "SSE_ENABLED", "WEBSOCKET_ENABLED", "MAX_CONNECTIONS", "STREAM_BUFFER_SIZE",
-  "PROCESSING_INTERVAL", "STREAM_COMPRESSION", "CONNECTION_POOLING", "AUTO_RECONNECTION",
-  "MONITORING_ENABLED", "STREAM_AUTHENTICATION", "STREAM_RATE_LIMITING",
-  "MAX_REQUESTS_PER_MINUTE", "CORS_ENABLED", "MCP_STREAM_LISTEN", "MCP_STREAM_TOKENS",
-  "MCP_STREAM_JWT_SECRET", "MCP_STREAM_ADMIN_TOKEN",
-];
 // Quotes, backslashes, a control character, non-ASCII of every UTF-8 length, nesting.
 const TRICKY = {
   text: 'she said "hi" \\ back\\slash \u0001 tab\t nl\n',
   unicode: "héllo — 日本語 🎉",
   nested: [1, 2.5, null, true, { k: '"v"' }],
 };
-
-function withTimeout(promise, what, ms = WAIT_MS) {
-  let timer;
-  const timeout = new Promise((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`${what}: no result within ${ms} ms`)), ms);
-  });
-  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
-}
 
 /** Starts `mcp-stream serve --listen 127.0.0.1:0`; resolves with the process and its address. */
 async function startServer() {
@@ -75,14 +58,6 @@ async function publish(addr, body) {
   );
   if (r.status !== 202) throw new Error(`publish: status ${r.status}: ${await r.text()}`);
   return (await r.json()).ids;
-}
-
-function deepEqual(a, b) {
-  return JSON.stringify(a) === JSON.stringify(b);
-}
-
-function check(condition, message) {
-  if (!condition) throw new Error(message);
 }
 
 // ---- in the page: a tiny client library on `window`

@@ -34,48 +34,20 @@ import { WebSocketClientTransport } from "@modelcontextprotocol/sdk/client/webso
 import { CreateMessageRequestSchema } from "@modelcontextprotocol/sdk/types.js";
 import WebSocket from "ws";
 
+import { BIN, CONFIG_ENV, TRICKY, WAIT_MS, check, deepEqual, withTimeout } from "../common.mjs";
+
 // WebSocketClientTransport uses the global WebSocket, which Node 20 lacks: the pinned `ws` one
 // stands in (set always, so that every Node runs the same client).
 globalThis.WebSocket = WebSocket;
 
 const HERE = dirname(fileURLToPath(import.meta.url));
 const ROOT = resolve(HERE, "..", "..");
-const BIN = process.env.MCP_STREAM_BIN || join(ROOT, "target", "debug", "mcp-stream");
 const PYDEPS = join(ROOT, "interop", ".pydeps");
 const EVERYTHING = join(HERE, "node_modules", "@modelcontextprotocol", "server-everything", "dist", "index.js");
-const WAIT_MS = 10_000;
 // How soon a child must be gone once its session has ended.
 const EXIT_WAIT_MS = 5_000;
-const CONFIG_ENV = [
-  "SSE_ENABLED", "WEBSOCKET_ENABLED", "MAX_CONNECTIONS", "STREAM_BUFFER_SIZE",
-  "PROCESSING_INTERVAL", "STREAM_COMPRESSION", "CONNECTION_POOLING", "AUTO_RECONNECTION",
-  "MONITORING_ENABLED", "STREAM_AUTHENTICATION", "STREAM_RATE_LIMITING",
-  "MAX_REQUESTS_PER_MINUTE", "CORS_ENABLED", "MCP_STREAM_LISTEN", "MCP_STREAM_TOKENS",
-  "MCP_STREAM_JWT_SECRET", "MCP_STREAM_ADMIN_TOKEN",
-];
-// Quotes, backslashes, JSON escapes, control characters, U+2028 and non-ASCII of every UTF-8
-// length.
-const TRICKY =
-  'she said "hi" \\ back\\\\slash \\" \u0000 \u0001 \u001f tab\t nl\n cr\r / \u007f ' +
-  "\u2028\u2029 héllo — 日本語 🎉 \u{10ffff}";
 // About 500 KB of UTF-8 (a mix of 1- to 4-byte characters), that JSON keeps nearly as is.
 const LARGE = "héllo — 日本語 🎉 0123456789 abcdefghijklmnopqrstuvwxyz\n".repeat(7900);
-
-function withTimeout(promise, what, ms = WAIT_MS) {
-  let timer;
-  const timeout = new Promise((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`${what}: no result within ${ms} ms`)), ms);
-  });
-  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
-}
-
-function check(condition, message) {
-  if (!condition) throw new Error(message);
-}
-
-function deepEqual(a, b) {
-  return JSON.stringify(a) === JSON.stringify(b);
-}
 
 function short(text) {
   const s = JSON.stringify(text);
