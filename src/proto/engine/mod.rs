@@ -1676,9 +1676,17 @@ mod tests {
     const UPGRADE: &[u8] = b"GET /stream/ws HTTP/1.1\r\nUpgrade: websocket\r\n\
 Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
 
-    /// A masked client text frame (payload under 126 bytes).
-    fn client_text(text: &str) -> Vec<u8> {
-        let mut out = vec![0x81, 0x80 | text.len() as u8, 0, 0, 0, 0];
+    /// A masked client text frame (payload under 64 KiB; the mask is zero).
+    pub(super) fn client_text(text: &str) -> Vec<u8> {
+        let mut out = vec![0x81];
+        match u8::try_from(text.len()) {
+            Ok(len) if len < 126 => out.push(0x80 | len),
+            _ => {
+                out.push(0x80 | 126);
+                out.extend_from_slice(&(text.len() as u16).to_be_bytes());
+            }
+        }
+        out.extend_from_slice(&[0, 0, 0, 0]);
         out.extend_from_slice(text.as_bytes());
         out
     }
@@ -1880,6 +1888,38 @@ Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhb
         wire.run(e);
         let text = wire.text(init);
         text.split("Mcp-Session-Id: ").nth(1).unwrap()[..32].to_string()
+    }
+
+    #[test]
+    fn a_countdown_whose_websocket_is_cut_off_as_a_slow_consumer_just_stops() {
+        let mut config = Config::default();
+        config.backpressure.max_queue_bytes = 4096;
+        let mut e = engine(config);
+        let t0 = Instant::now();
+        let data = serde_json::json!("y".repeat(3000));
+        for _ in 0..2 {
+            e.publish(t0, "big", None, &data).unwrap();
+        }
+        let id = e.accept(t0, PEER.parse().unwrap()).unwrap();
+        let mut input = b"GET /mcp HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+Sec-WebSocket-Protocol: mcp\r\n\r\n"
+            .to_vec();
+        input.extend(client_text(INITIALIZE));
+        e.handle_input(t0, id, &input);
+        Wire::default().run(&mut e);
+        // A countdown, then an answer bigger than the queue's bound that the client leaves
+        // unread: the next progress step cuts the client off, and the call goes with it.
+        let countdown = r#"{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"countdown","arguments":{"n":3,"interval_ms":10},"_meta":{"progressToken":1}}}"#;
+        let mut frames = client_text(countdown);
+        frames.extend(client_text(
+            r#"{"jsonrpc":"2.0","id":3,"method":"resources/read","params":{"uri":"stream://topics/big"}}"#,
+        ));
+        e.handle_input(t0, id, &frames);
+        e.handle_timeout(t0 + Duration::from_millis(10));
+        e.handle_timeout(t0 + Duration::from_millis(20));
+        assert_eq!(e.connection_count(), 0);
+        assert_eq!(e.mcp_calls_in_progress(), 0);
     }
 
     #[test]

@@ -186,7 +186,11 @@ impl Engine {
             .map(|(index, _)| index)
             .collect();
         for index in calls {
-            let c = &self.mcp.calls[index];
+            // Delivering an error can end the session (a client cut off as a slow consumer),
+            // and its other calls with it.
+            let Some(c) = self.mcp.calls.get(index) else {
+                continue;
+            };
             let error = jsonrpc::error(Some(&c.request), jsonrpc::INTERNAL_ERROR, &message);
             if let Some(target) = c.target {
                 self.mcp_deliver(&session, target, &error);
@@ -581,7 +585,9 @@ mod tests {
     use std::time::{Duration, Instant};
 
     use crate::config::{Config, StdioCommand};
-    use crate::proto::engine::tests::{engine, open_session, post_mcp, Wire, INITIALIZE};
+    use crate::proto::engine::tests::{
+        client_text, engine, open_session, post_mcp, Wire, INITIALIZE,
+    };
     use crate::proto::engine::{ChildAction, ChildId, Engine};
 
     fn gateway() -> Engine {
@@ -813,6 +819,49 @@ mod tests {
             forwarded[0].contains(r#""id":9,"error":{"code":-32603"#),
             "{forwarded:?}"
         );
+    }
+
+    #[test]
+    fn a_child_exit_that_cuts_off_a_slow_websocket_fails_its_calls_without_a_panic() {
+        let mut config = Config::default();
+        config.mcp.stdio = Some(StdioCommand::shell("mcp-server"));
+        config.backpressure.max_queue_bytes = 4096;
+        let mut e = engine(config);
+        let now = Instant::now();
+        let id = e.accept(now, "127.0.0.1:1".parse().unwrap()).unwrap();
+        let mut input = b"GET /mcp HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+Sec-WebSocket-Protocol: mcp\r\n\r\n"
+            .to_vec();
+        input.extend(client_text(INITIALIZE));
+        for n in [2, 3] {
+            let call =
+                format!(r#"{{"jsonrpc":"2.0","id":{n},"method":"tools/call","params":{{}}}}"#);
+            input.extend(client_text(&call));
+        }
+        e.handle_input(now, id, &input);
+        let (mut child, mut ended) = (None, false);
+        child_side(&mut e, &mut child, &mut ended);
+        let child = child.expect("a child");
+        e.handle_child_output(
+            now,
+            child,
+            b"{\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{}}\n",
+        );
+        Wire::default().run(&mut e);
+        // A large notification the client does not read fills its queue...
+        let big = format!(
+            "{{\"jsonrpc\":\"2.0\",\"method\":\"notifications/message\",\"params\":{{\"data\":\"{}\"}}}}\n",
+            "x".repeat(5000)
+        );
+        e.handle_child_output(now, child, big.as_bytes());
+        // ...so the first call's error cuts the client off, and its session (with the other
+        // call) goes while the calls are being failed.
+        e.handle_child_exit(now, child, "exited with status 1");
+        child_side(&mut e, &mut None, &mut ended);
+        assert!(ended);
+        assert_eq!(e.connection_count(), 0);
+        assert_eq!(e.mcp_calls_in_progress(), 0);
     }
 
     #[test]

@@ -1340,9 +1340,13 @@ impl Engine {
         if done <= total && alive {
             // The answer comes one interval after the last progress step, never in the same
             // write (PITFALLS: one SDK drops a progress notification read with the answer).
+            // Delivering can have ended the session (a client cut off as a slow consumer), and
+            // the call with it.
             let mcp = &mut self.mcp;
-            mcp.call_timers
-                .set(&mut mcp.calls[index].timer, call, now.checked_add(every));
+            if let Some(c) = mcp.calls.get_mut(index) {
+                mcp.call_timers
+                    .set(&mut c.timer, call, now.checked_add(every));
+            }
             return;
         }
         // Finished, or nobody is left to hear it.
