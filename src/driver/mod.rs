@@ -686,13 +686,7 @@ impl Server {
                     self.engine.handle_input(now, id, &self.read_buffer[..n]);
                     budget = budget.saturating_sub(n);
                     if budget == 0 {
-                        if let Some(socket) = self.socket_mut(id) {
-                            if !socket.ready {
-                                socket.ready = true;
-                                self.ready.push_back(id);
-                            }
-                        }
-                        return;
+                        return self.mark_ready(id);
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
@@ -701,6 +695,16 @@ impl Server {
                     log::debug!("connection {id}: read: {e}");
                     return self.drop_socket(id, true);
                 }
+            }
+        }
+    }
+
+    /// Puts `id` on the ready list (once): its read budget ran out with input left.
+    fn mark_ready(&mut self, id: ConnId) {
+        if let Some(socket) = self.socket_mut(id) {
+            if !socket.ready {
+                socket.ready = true;
+                self.ready.push_back(id);
             }
         }
     }
@@ -755,12 +759,7 @@ impl Server {
                     }
                     budget = budget.saturating_sub(n);
                     if budget == 0 {
-                        if let Some(socket) = self.socket_mut(id) {
-                            if !socket.ready {
-                                socket.ready = true;
-                                self.ready.push_back(id);
-                            }
-                        }
+                        self.mark_ready(id);
                         break;
                     }
                 }
