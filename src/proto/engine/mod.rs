@@ -1676,6 +1676,11 @@ mod tests {
     const UPGRADE: &[u8] = b"GET /stream/ws HTTP/1.1\r\nUpgrade: websocket\r\n\
 Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
 
+    /// A WebSocket upgrade at the MCP endpoint.
+    pub(super) const MCP_UPGRADE: &[u8] = b"GET /mcp HTTP/1.1\r\nUpgrade: websocket\r\n\
+Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+Sec-WebSocket-Protocol: mcp\r\n\r\n";
+
     /// A masked client text frame (payload under 64 KiB; the mask is zero).
     pub(super) fn client_text(text: &str) -> Vec<u8> {
         let mut out = vec![0x81];
@@ -1901,10 +1906,7 @@ Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhb
             e.publish(t0, "big", None, &data).unwrap();
         }
         let id = e.accept(t0, PEER.parse().unwrap()).unwrap();
-        let mut input = b"GET /mcp HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
-Sec-WebSocket-Protocol: mcp\r\n\r\n"
-            .to_vec();
+        let mut input = MCP_UPGRADE.to_vec();
         input.extend(client_text(INITIALIZE));
         e.handle_input(t0, id, &input);
         Wire::default().run(&mut e);

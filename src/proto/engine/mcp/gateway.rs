@@ -586,7 +586,7 @@ mod tests {
 
     use crate::config::{Config, StdioCommand};
     use crate::proto::engine::tests::{
-        client_text, engine, open_session, post_mcp, Wire, INITIALIZE,
+        client_text, engine, open_session, post_mcp, Wire, INITIALIZE, MCP_UPGRADE,
     };
     use crate::proto::engine::{ChildAction, ChildId, Engine};
 
@@ -612,6 +612,14 @@ mod tests {
             }
         }
         lines
+    }
+
+    /// A Streamable HTTP session of a gateway and the child it asked for.
+    fn session_with_child(e: &mut Engine, now: Instant, wire: &mut Wire) -> (String, ChildId) {
+        let session = open_session(e, now, wire, INITIALIZE);
+        let mut child = None;
+        child_side(e, &mut child, &mut false);
+        (session, child.expect("a child is asked for"))
     }
 
     #[test]
@@ -729,10 +737,8 @@ mod tests {
         let mut e = gateway();
         let now = Instant::now();
         let mut wire = Wire::default();
-        let (mut child, mut ended) = (None, false);
-        let session = open_session(&mut e, now, &mut wire, INITIALIZE);
-        child_side(&mut e, &mut child, &mut ended);
-        let child = child.unwrap();
+        let mut ended = false;
+        let (session, child) = session_with_child(&mut e, now, &mut wire);
         let get = crate::proto::engine::tests::subscriber(
             &mut e,
             now,
@@ -770,10 +776,8 @@ mod tests {
         let mut e = gateway();
         let now = Instant::now();
         let mut wire = Wire::default();
-        let (mut child, mut ended) = (None, false);
-        let session = open_session(&mut e, now, &mut wire, INITIALIZE);
-        child_side(&mut e, &mut child, &mut ended);
-        let child = child.unwrap();
+        let mut ended = false;
+        let (session, child) = session_with_child(&mut e, now, &mut wire);
         e.handle_child_output(
             now,
             child,
@@ -829,10 +833,7 @@ mod tests {
         let mut e = engine(config);
         let now = Instant::now();
         let id = e.accept(now, "127.0.0.1:1".parse().unwrap()).unwrap();
-        let mut input = b"GET /mcp HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
-Sec-WebSocket-Protocol: mcp\r\n\r\n"
-            .to_vec();
+        let mut input = MCP_UPGRADE.to_vec();
         input.extend(client_text(INITIALIZE));
         for n in [2, 3] {
             let call =
