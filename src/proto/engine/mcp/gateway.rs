@@ -362,7 +362,7 @@ impl Engine {
             // Not a timeout: the answer held back after its progress.
             let answer = std::mem::take(answer);
             if let Some(target) = target {
-                self.mcp_deliver_text(&session, target, &answer);
+                self.mcp_deliver_text(&session, target, answer.into_string());
             }
             return self.mcp_finish_call(now, index);
         }
@@ -432,11 +432,11 @@ impl Engine {
             Ok(text) if !text.contains('\r') => text.to_string(),
             _ => value.to_string(),
         };
-        self.gateway_route(now, &session, message, &text);
+        self.gateway_route(now, &session, message, text);
     }
 
     /// Sends a message of the child where it belongs.
-    fn gateway_route(&mut self, now: Instant, session: &str, message: Message, text: &str) {
+    fn gateway_route(&mut self, now: Instant, session: &str, message: Message, text: String) {
         match message {
             Message::Response { id, outcome } => {
                 let Some(index) = self.gateway_call(session, |c| c.request == id) else {

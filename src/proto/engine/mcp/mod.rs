@@ -1254,16 +1254,16 @@ impl Engine {
 
     /// Sends `message` of `session` to `target`.
     fn mcp_deliver(&mut self, session: &str, target: Target, message: &Value) {
-        self.mcp_deliver_text(session, target, &message.to_string());
+        self.mcp_deliver_text(session, target, message.to_string());
     }
 
     /// Sends a message of `session`, as JSON text, to `target`.
-    fn mcp_deliver_text(&mut self, session: &str, target: Target, text: &str) {
+    fn mcp_deliver_text(&mut self, session: &str, target: Target, text: String) {
         match target {
             Target::Stream(number) => self.mcp_emit(session, number, text),
             Target::Socket(socket) => {
                 if self.mcp_socket_open(socket) {
-                    self.ws_reply_text(socket, text.to_string());
+                    self.ws_reply_text(socket, text);
                 }
             }
         }
@@ -1389,7 +1389,7 @@ impl Engine {
         match self.conn(id).map(|c| &c.phase) {
             Some(Phase::Mcp(stream)) => {
                 let (session, number) = (stream.session.clone(), stream.number);
-                self.mcp_emit(&session, number, &message.to_string());
+                self.mcp_emit(&session, number, message.to_string());
             }
             Some(Phase::Ws(socket)) if socket.mcp_session.is_some() => self.ws_reply(id, message),
             _ => {}
@@ -1398,7 +1398,7 @@ impl Engine {
 
     /// Sends one message on stream `number` of `session`: numbered, kept for resumption, and
     /// written if the stream is on a connection now.
-    fn mcp_emit(&mut self, session: &str, number: u64, message: &str) {
+    fn mcp_emit(&mut self, session: &str, number: u64, message: String) {
         let Some(log) = self
             .mcp
             .sessions
@@ -1408,14 +1408,16 @@ impl Engine {
             return;
         };
         log.sent += 1;
-        let text: Box<str> = message.into();
+        let (sent, attached) = (log.sent, log.attached);
+        // Encoded for the connection before the text moves into the log: no copy of it.
+        let block =
+            attached.map(|_| sse::event_block(&format!("{number}-{sent}"), "message", &message));
         if log.kept.len() == MAX_KEPT {
             log.kept.pop_front();
         }
-        log.kept.push_back((log.sent, text.clone()));
-        let (sent, attached) = (log.sent, log.attached);
-        if let Some(id) = attached {
-            self.mcp_write(id, &format!("{number}-{sent}"), &text);
+        log.kept.push_back((sent, message.into_boxed_str()));
+        if let (Some(id), Some(block)) = (attached, block) {
+            self.mcp_write_block(id, block);
         }
     }
 
@@ -1423,13 +1425,17 @@ impl Engine {
     /// queue passes the bound (its stream can be resumed). One event larger than the bound
     /// passes an empty queue: a large answer is not a slow consumer.
     fn mcp_write(&mut self, id: ConnId, event_id: &str, text: &str) {
+        self.mcp_write_block(id, sse::event_block(event_id, "message", text));
+    }
+
+    /// Writes one encoded event on connection `id`, as [`Engine::mcp_write`] says.
+    fn mcp_write_block(&mut self, id: ConnId, block: Vec<u8>) {
         let limit = self.config.backpressure.max_queue_bytes;
         let Some(conn) = self.conn_mut(id) else {
             return;
         };
         let queued = conn.out.len();
-        conn.out
-            .push_owned(sse::event_block(event_id, "message", text));
+        conn.out.push_owned(block);
         if queued > 0 && conn.out.len() > limit {
             self.counters.slow_consumers_disconnected += 1;
             return self.close(id);
