@@ -70,6 +70,8 @@ pub(super) struct Children {
     live: Vec<Option<Live>>,
     /// Children let go by the engine whose process group is not gone yet.
     dying: Vec<Dying>,
+    /// Running children with a closed pipe, whose exit is not yet reported.
+    gone: Vec<ChildId>,
     /// Pipes left unread when their budget ran out.
     ready: VecDeque<(ChildId, Pipe)>,
 }
@@ -125,8 +127,7 @@ impl Children {
 
     /// When children must next be looked at: the next poll, while one is gone or being ended.
     pub(super) fn next_deadline(&self, now: Instant) -> Option<Instant> {
-        let gone = self.live.iter().flatten().any(|l| l.gone.is_some());
-        (gone || !self.dying.is_empty()).then(|| now + REAP_POLL)
+        (!self.gone.is_empty() || !self.dying.is_empty()).then(|| now + REAP_POLL)
     }
 
     /// The child at slot `index`, if one runs there.
@@ -357,7 +358,10 @@ impl Server {
                 }
             }
         }
-        live.gone.get_or_insert((now, otherwise));
+        if live.gone.is_none() {
+            live.gone = Some((now, otherwise));
+            self.children.gone.push(id);
+        }
         self.child_exit_check(now, id);
     }
 
@@ -437,17 +441,16 @@ impl Server {
     /// Reports the gone children whose exit is known; reaps the children being ended, and
     /// moves their process groups on to SIGTERM, then SIGKILL, until no process is left in them.
     pub(super) fn reap(&mut self, now: Instant) {
-        let gone: Vec<ChildId> = self
-            .children
-            .live
-            .iter()
-            .flatten()
-            .filter(|l| l.gone.is_some())
-            .map(|l| l.id)
-            .collect();
-        for id in gone {
+        let gone = std::mem::take(&mut self.children.gone);
+        for &id in &gone {
             self.child_exit_check(now, id);
         }
+        // Those not reported yet (still waiting for their exit status) stay on the list.
+        let waiting: Vec<ChildId> = gone
+            .into_iter()
+            .filter(|&id| self.children.live_mut(id).is_some_and(|l| l.gone.is_some()))
+            .collect();
+        self.children.gone.extend(waiting);
         let buffer = &mut self.read_buffer;
         let before = self.children.dying.len();
         self.children.dying.retain_mut(|d| {
