@@ -1195,7 +1195,7 @@ impl Engine {
                 "GET" | "HEAD" => http::response(
                     200,
                     "text/html; charset=utf-8",
-                    DEMO_PAGE.as_bytes(),
+                    DASHBOARD_PAGE.as_bytes(),
                     "",
                     keep_alive,
                 ),
@@ -1448,8 +1448,9 @@ fn fit_replay(replay: hub::Replay, budget: usize, encoding: Encoding) -> hub::Re
     }
 }
 
-/// The small page served at `/`, to see the server work from a browser.
-const DEMO_PAGE: &str = include_str!("../demo.html");
+/// The dashboard served at `/`: one self-contained page (no CDN, no build step) that shows
+/// the server's figures, switches its features and tries its streams from a browser.
+const DASHBOARD_PAGE: &str = include_str!("../dashboard.html");
 
 /// The fan-out of one event: the parts of the engine it touches, borrowed apart from the hub
 /// whose subscriber list it walks.
