@@ -799,7 +799,8 @@ impl Server {
             }
             match socket.stream.write_vectored(&slices[..n]) {
                 Ok(0) => return self.drop_socket(id, true),
-                Ok(written) => self.engine.consume_output(id, written),
+                // The write's own time, not the wake-up's: delivery latency ends here.
+                Ok(written) => self.engine.consume_output(Instant::now(), id, written),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     return self.set_writable(id, true);
                 }
@@ -837,7 +838,7 @@ impl Server {
                 let n = self.engine.output(id, &mut slices);
                 let queued = slices[..n].iter().map(|s| s.len()).sum();
                 if queued > 0 {
-                    self.engine.consume_output(id, queued);
+                    self.engine.consume_output(now, id, queued);
                     continue;
                 }
                 self.set_writable(id, false);
@@ -871,7 +872,7 @@ impl Server {
                 session.push(&slices[..n])
             };
             if taken > 0 {
-                self.engine.consume_output(id, taken);
+                self.engine.consume_output(Instant::now(), id, taken);
                 continue;
             }
             // Nothing is left, or the rest waits for the handshake to end (which flushes).
