@@ -173,6 +173,8 @@ struct Publication {
     topic: String,
     event: Option<String>,
     data: serde_json::Value,
+    /// When the other thread handed it over: delivery latency counts the wait for the loop.
+    sent_at: Instant,
 }
 
 /// Why a [`Publisher`] could not hand an event over.
@@ -264,6 +266,7 @@ fn publication(
         topic: topic.to_string(),
         event: event.map(str::to_string),
         data,
+        sent_at: Instant::now(),
     })
 }
 
@@ -958,9 +961,11 @@ impl Server {
             let Ok(p) = self.publications.try_recv() else {
                 return;
             };
+            // Published as of its hand-over, so that its delivery latency counts the wait.
+            let at = p.sent_at.min(now);
             if let Err(e) = self
                 .engine
-                .publish(now, &p.topic, p.event.as_deref(), &p.data)
+                .publish(at, &p.topic, p.event.as_deref(), &p.data)
             {
                 log::warn!("publication on {:?} refused: {}", p.topic, e.reason());
             }
