@@ -75,6 +75,16 @@ fn errors_are_counted_by_kind() {
     let mut ws = Ws::connect(server.addr);
     ws.send_json(&json!({"type": "warp"}));
     assert_eq!(ws.next_json()["type"], "error");
+    // A client's `server/discover` probe gets the error it expects, which is not counted.
+    let probe = Client::connect(server.addr).request(
+        "POST",
+        "/mcp",
+        &post_headers(None),
+        rpc(json!(0), "server/discover", json!({}))
+            .to_string()
+            .as_bytes(),
+    );
+    assert_eq!(probe.json()["error"]["code"], -32601);
     // An MCP session whose client calls a tool that does not exist: a JSON-RPC error.
     let session = initialize(&server);
     let answer = Client::connect(server.addr).request(
