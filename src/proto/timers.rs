@@ -7,8 +7,9 @@
 //! pushed back by every event) costs nothing here. Moving it earlier pushes one entry. Entries of
 //! closed connections and superseded entries are skipped when they come out, not before: an open
 //! connection has at most a few entries, and a closed one leaves its last until that deadline
-//! passes. So the heap holds O(connections open, plus those closed within the longest deadline),
-//! and its memory does not shrink after a burst (the abuse benchmark shows it).
+//! passes, or until [`Timers::compact`] drops it: the owner calls that when the heap has grown
+//! well past the connections open, so under churn the heap stays O(connections open) and its
+//! memory shrinks back after a burst.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -54,6 +55,26 @@ impl<K: Ord + Copy> Timers<K> {
                 slot.queued = Some(at);
             }
         }
+    }
+
+    /// How many entries the heap holds, stale ones included.
+    pub fn len(&self) -> usize {
+        self.heap.len()
+    }
+
+    /// Whether the heap holds no entry.
+    pub fn is_empty(&self) -> bool {
+        self.heap.is_empty()
+    }
+
+    /// Drops every entry that stands for nothing (its connection is gone, or a newer entry
+    /// stands for the slot) and frees the memory they held. `slot` gives the slot of an open
+    /// connection. Linear in the heap: call it when stale entries are at least half of it.
+    pub fn compact<'a>(&mut self, slot: impl Fn(K) -> Option<&'a TimerSlot>) {
+        let mut entries = std::mem::take(&mut self.heap).into_vec();
+        entries.retain(|Reverse((at, key))| slot(*key).is_some_and(|s| s.queued == Some(*at)));
+        entries.shrink_to_fit();
+        self.heap = BinaryHeap::from(entries);
     }
 
     /// The earliest entry; it may turn out to be stale, which costs one early wake-up.
@@ -135,6 +156,27 @@ mod tests {
         timers.set(&mut slot, A, Some(t0 + Duration::from_secs(5)));
         assert_eq!(due(&mut timers, &mut slot, t0 + Duration::from_secs(20)), 1);
         assert!(timers.heap.is_empty());
+    }
+
+    #[test]
+    fn compacting_keeps_only_the_entries_that_stand_for_open_slots() {
+        let t0 = Instant::now();
+        let mut timers = Timers::default();
+        let mut open = TimerSlot::default();
+        let mut closed = TimerSlot::default();
+        let b = ConnId {
+            index: 1,
+            generation: 1,
+        };
+        timers.set(&mut open, A, Some(t0 + Duration::from_secs(10)));
+        timers.set(&mut open, A, Some(t0 + Duration::from_secs(5)));
+        timers.set(&mut closed, b, Some(t0 + Duration::from_secs(1)));
+        assert_eq!(timers.len(), 3);
+        timers.compact(|key| (key == A).then_some(&open));
+        assert_eq!(timers.len(), 1);
+        assert_eq!(timers.next(), Some(t0 + Duration::from_secs(5)));
+        assert_eq!(due(&mut timers, &mut open, t0 + Duration::from_secs(5)), 1);
+        assert!(timers.is_empty());
     }
 
     #[test]

@@ -70,6 +70,8 @@ const REFUSAL_RESERVE: usize = 64;
 const MAX_TOPICS_PER_STREAM: usize = 64;
 /// The most event names one SSE request may filter on.
 const MAX_EVENT_FILTERS: usize = 64;
+/// Stale timer entries tolerated beyond twice the connections open before the heap is compacted.
+const TIMER_SLACK: usize = 1024;
 /// An input buffer larger than this is freed once empty; smaller ones are kept for the next
 /// request of a keep-alive connection.
 const IDLE_BUFFER_CAPACITY: usize = 4096;
@@ -466,6 +468,16 @@ impl Engine {
             return None;
         }
         self.arm_monitor(now);
+        if self.timers.len() > 2 * self.conns.len() + TIMER_SLACK {
+            // Churn leaves entries of closed connections behind: drop them, and their memory.
+            let conns = &self.conns;
+            self.timers.compact(|id| {
+                conns
+                    .get(id.index as usize)
+                    .filter(|c| c.generation == id.generation)
+                    .map(|c| &c.timer)
+            });
+        }
         let ip = peer.ip();
         let per_ip = self.config.limits.max_connections_per_ip;
         let over_ip = per_ip > 0 && self.per_ip.get(&ip).is_some_and(|&n| n >= per_ip);
@@ -2372,6 +2384,19 @@ Sec-WebSocket-Protocol: mcp\r\n\r\n";
         );
         wire.run(&mut e);
         assert!(wire.text(again).starts_with("HTTP/1.1 404 "));
+    }
+
+    #[test]
+    fn connection_churn_does_not_grow_the_timer_heap() {
+        let mut e = engine(Config::default());
+        let now = Instant::now();
+        for _ in 0..10_000 {
+            // Each leaves a head deadline 10 s away behind it.
+            let id = e.accept(now, PEER.parse().unwrap()).unwrap();
+            e.handle_read_closed(now, id);
+        }
+        assert_eq!(e.connection_count(), 0);
+        assert!(e.timers.len() <= TIMER_SLACK + 1, "{}", e.timers.len());
     }
 
     #[test]
