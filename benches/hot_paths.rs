@@ -69,7 +69,7 @@ fn drain(engine: &mut Engine) -> usize {
                 break;
             }
             let bytes: usize = slices[..n].iter().map(|s| s.len()).sum();
-            engine.consume_output(id, bytes);
+            engine.consume_output(Instant::now(), id, bytes);
             written += bytes;
         }
     }

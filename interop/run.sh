@@ -6,10 +6,12 @@
 # 1. Python `websockets` (asyncio client) under pytest: interop/test_websocket.py
 # 2. The official MCP Python SDK (`mcp`: Streamable HTTP and legacy HTTP+SSE clients) under
 #    pytest: interop/test_mcp.py
-# 3. The official MCP TypeScript SDK (StreamableHTTPClientTransport, SSEClientTransport,
+# 3. The Prometheus Python client's text parser (`prometheus_client`) on `GET /metrics`, and
+#    `GET /stats`, under pytest: interop/test_operations.py
+# 4. The official MCP TypeScript SDK (StreamableHTTPClientTransport, SSEClientTransport,
 #    WebSocketClientTransport over the `ws` package): interop/mcp-ts/test.mjs
-# 4. Headless Chromium driven by playwright-core: interop/browser/test.mjs
-# 5. The stdio gateway (`mcp.stdio`), serving each session by a real stdio MCP server
+# 5. Headless Chromium driven by playwright-core: interop/browser/test.mjs
+# 6. The stdio gateway (`mcp.stdio`), serving each session by a real stdio MCP server
 #    (interop/gateway/py_server.py on the Python SDK, and the published
 #    @modelcontextprotocol/server-everything), driven by the official Python SDK client under
 #    pytest (interop/gateway/test_gateway.py) and TypeScript SDK client
@@ -51,7 +53,7 @@ if [ ! -x "$MCP_STREAM_BIN" ]; then
 fi
 
 # ---- Python packages (pinned)
-py_reqs="websockets==17.4 pytest==9.2.0 mcp==2.3.0"
+py_reqs="websockets==17.4 pytest==9.2.0 mcp==2.3.0 prometheus_client==0.26.0"
 pydeps="$root/interop/.pydeps"
 if [ "$(cat "$pydeps/.installed" 2>/dev/null || true)" != "$py_reqs" ]; then
     say "installing $py_reqs into interop/.pydeps"
@@ -168,6 +170,9 @@ run_pytest "$root/interop/test_websocket.py" "$root/target/interop-pytest.xml"
 
 say "pytest: interop/test_mcp.py (MCP Python SDK: Streamable HTTP, legacy HTTP+SSE)"
 run_pytest "$root/interop/test_mcp.py" "$root/target/interop-mcp-python.xml"
+
+say "pytest: interop/test_operations.py (Prometheus client parser on /metrics, /stats)"
+run_pytest "$root/interop/test_operations.py" "$root/target/interop-operations.xml"
 
 say "mcp-ts: interop/mcp-ts/test.mjs (MCP TypeScript SDK: Streamable HTTP, legacy HTTP+SSE, WebSocket)"
 run_node "$mcp_ts_dir/test.mjs" "$root/target/interop-mcp-ts.json"

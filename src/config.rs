@@ -69,6 +69,8 @@ pub struct Config {
     pub websocket: WebSocketConfig,
     /// `streaming.real_time`.
     pub real_time: RealTimeConfig,
+    /// `streaming.monitoring`.
+    pub monitoring: MonitoringConfig,
     /// `streaming.backpressure`.
     pub backpressure: BackpressureConfig,
     /// `streaming.limits`.
@@ -120,6 +122,19 @@ pub struct RealTimeConfig {
     pub buffer_size: usize,
     /// `processing_interval`, in milliseconds (100).
     pub processing_interval: u64,
+}
+
+/// `streaming.monitoring`: the performance monitor of the `stream-monitoring` feature.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MonitoringConfig {
+    /// `interval_secs`: how often it checks (10).
+    pub interval_secs: u64,
+    /// `p99_latency_ms`: the p99 delivery latency over a period above which the server is
+    /// degraded (1000).
+    pub p99_latency_ms: u64,
+    /// `error_rate_percent`: the share of failed operations over a period above which the server
+    /// is degraded, 1 to 100 (5).
+    pub error_rate_percent: u64,
 }
 
 /// What to do with a consumer whose outbound queue is full.
@@ -287,6 +302,7 @@ impl Default for Config {
             sse: SseConfig::default(),
             websocket: WebSocketConfig::default(),
             real_time: RealTimeConfig::default(),
+            monitoring: MonitoringConfig::default(),
             backpressure: BackpressureConfig::default(),
             limits: LimitsConfig::default(),
             security: SecurityConfig::default(),
@@ -326,6 +342,16 @@ impl Default for RealTimeConfig {
             enabled: true,
             buffer_size: 1000,
             processing_interval: 100,
+        }
+    }
+}
+
+impl Default for MonitoringConfig {
+    fn default() -> MonitoringConfig {
+        MonitoringConfig {
+            interval_secs: 10,
+            p99_latency_ms: 1000,
+            error_rate_percent: 5,
         }
     }
 }
@@ -411,6 +437,21 @@ impl RealTimeConfig {
     /// `processing_interval` (milliseconds) as a duration.
     pub fn processing_period(&self) -> Duration {
         Duration::from_millis(self.processing_interval)
+    }
+}
+
+impl MonitoringConfig {
+    /// `interval_secs` as a duration.
+    pub fn interval(&self) -> Duration {
+        Duration::from_secs(self.interval_secs)
+    }
+
+    /// The thresholds as the monitor takes them.
+    pub fn thresholds(&self) -> crate::proto::metrics::Thresholds {
+        crate::proto::metrics::Thresholds {
+            p99_latency: Duration::from_millis(self.p99_latency_ms),
+            error_rate_percent: self.error_rate_percent,
+        }
     }
 }
 
@@ -792,6 +833,7 @@ impl Config {
                 "sse" => self.apply_sse(v, &p)?,
                 "websocket" => self.apply_websocket(v, &p)?,
                 "real_time" => self.apply_real_time(v, &p)?,
+                "monitoring" => self.apply_monitoring(v, &p)?,
                 "backpressure" => self.apply_backpressure(v, &p)?,
                 "limits" => self.apply_limits(v, &p)?,
                 "security" => self.apply_security(v, &p)?,
@@ -841,6 +883,20 @@ impl Config {
                 "enabled" => c.enabled = j_bool(v, &p)?,
                 "buffer_size" => c.buffer_size = j_usize(v, &p, NON_NEGATIVE)?,
                 "processing_interval" => c.processing_interval = j_u64(v, &p, NON_NEGATIVE)?,
+                _ => return unknown_key(&p),
+            }
+        }
+        Ok(())
+    }
+
+    fn apply_monitoring(&mut self, v: &Value, path: &str) -> Result<(), ConfigError> {
+        let c = &mut self.monitoring;
+        for (k, v) in j_object(v, path)? {
+            let p = join(path, k);
+            match k.as_str() {
+                "interval_secs" => c.interval_secs = j_u64(v, &p, POSITIVE)?,
+                "p99_latency_ms" => c.p99_latency_ms = j_u64(v, &p, POSITIVE)?,
+                "error_rate_percent" => c.error_rate_percent = j_u64(v, &p, POSITIVE)?,
                 _ => return unknown_key(&p),
             }
         }
@@ -1045,6 +1101,25 @@ impl Config {
             MAX_CONNECTIONS,
         )?;
         check_positive("streaming.sse.heartbeat_secs", sse.heartbeat_secs)?;
+
+        let monitoring = &self.monitoring;
+        // A year at most: the deadline must stay far from `Instant`'s end.
+        check_range(
+            "streaming.monitoring.interval_secs",
+            monitoring.interval_secs,
+            1,
+            31_536_000,
+        )?;
+        check_positive(
+            "streaming.monitoring.p99_latency_ms",
+            monitoring.p99_latency_ms,
+        )?;
+        check_range(
+            "streaming.monitoring.error_rate_percent",
+            monitoring.error_rate_percent,
+            1,
+            100,
+        )?;
 
         let ws = &self.websocket;
         if u(ws.message_history) > 1_000_000 {
@@ -1377,6 +1452,7 @@ mod tests {
             "websocket": { "enabled": true, "room_management": true, "message_history": 100, "max_message_bytes": 65536,
                            "ping_interval_secs": 30, "pong_timeout_secs": 10 },
             "real_time": { "enabled": true, "buffer_size": 1000, "processing_interval": 100 },
+            "monitoring": { "interval_secs": 10, "p99_latency_ms": 1000, "error_rate_percent": 5 },
             "backpressure": { "max_queue_bytes": 262144, "slow_consumer": "disconnect" },
             "limits":    { "max_head_bytes": 16384, "max_body_bytes": 1048576, "head_timeout_ms": 10000,
                            "idle_timeout_secs": 60, "max_connections_per_ip": 0 },
@@ -1587,6 +1663,10 @@ mod tests {
             (
                 r#"{"streaming":{"backpressure":{"x":1}}}"#,
                 "streaming.backpressure.x",
+            ),
+            (
+                r#"{"streaming":{"monitoring":{"x":1}}}"#,
+                "streaming.monitoring.x",
             ),
             (r#"{"streaming":{"limits":{"x":1}}}"#, "streaming.limits.x"),
             (
@@ -1888,6 +1968,8 @@ mod tests {
             (Box::new(|c| c.max_connections = usize::MAX), "\"max_connections\" must be between 1 and 4194304, got 18446744073709551615"),
             (Box::new(|c| c.sse.max_connections = 0), "\"streaming.sse.max_connections\" must be between 1 and 4194304, got 0"),
             (Box::new(|c| c.sse.heartbeat_secs = 0), "\"streaming.sse.heartbeat_secs\" must be a positive integer, got 0"),
+            (Box::new(|c| c.monitoring.interval_secs = 0), "\"streaming.monitoring.interval_secs\" must be between 1 and 31536000, got 0"),
+            (Box::new(|c| c.monitoring.error_rate_percent = 101), "\"streaming.monitoring.error_rate_percent\" must be between 1 and 100, got 101"),
             (Box::new(|c| c.websocket.max_message_bytes = 15), "\"streaming.websocket.max_message_bytes\" must be between 16 and 67108864, got 15"),
             (Box::new(|c| c.websocket.max_message_bytes = 67_108_865), "\"streaming.websocket.max_message_bytes\" must be between 16 and 67108864, got 67108865"),
             (Box::new(|c| c.backpressure.max_queue_bytes = 4095), "\"streaming.backpressure.max_queue_bytes\" must be at least 4096, got 4095"),

@@ -150,3 +150,60 @@ fn the_features_command_drives_the_admin_api() {
         refused.stderr
     );
 }
+
+/// What a client gets from `feature`'s transport now: the status of its opening request, and
+/// the error's reason when refused.
+fn probe(server: &TestServer, feature: &str) -> (u16, String) {
+    let r = match feature {
+        "sse-streaming" => server.get("/stream/sse?topic=t"),
+        "websocket-streaming" => Client::connect(server.addr).request(
+            "GET",
+            "/stream/ws",
+            &common::ws::upgrade_headers(),
+            b"",
+        ),
+        _ => Client::connect(server.addr).request(
+            "POST",
+            "/mcp",
+            &common::mcp::post_headers(None),
+            br#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{}}"#,
+        ),
+    };
+    let reason = match r.status {
+        200 | 101 => String::new(),
+        status => r.assert_error(status),
+    };
+    (r.status, reason)
+}
+
+#[test]
+fn the_features_command_switches_each_transport_off_and_on() {
+    let server = TestServer::start();
+    let url = format!("http://{}", server.addr);
+    for (feature, open, refusal) in [
+        ("sse-streaming", 200, "SSE streaming not enabled"),
+        (
+            "websocket-streaming",
+            101,
+            "WebSocket streaming not enabled",
+        ),
+        ("mcp-transport", 200, "MCP transport not enabled"),
+    ] {
+        assert_eq!(probe(&server, feature), (open, String::new()), "{feature}");
+        let off = common::run_to_exit(&["features", "disable", feature, "--server", &url], &[]);
+        assert_eq!(off.stdout, format!("{feature} off\n"), "{off:?}");
+        assert_eq!(probe(&server, feature), (501, refusal.to_string()));
+        let on = common::run_to_exit(
+            &[
+                "features",
+                "enable",
+                &format!("global.{feature}"),
+                "--server",
+                &url,
+            ],
+            &[],
+        );
+        assert_eq!(on.stdout, format!("{feature} on\n"), "{on:?}");
+        assert_eq!(probe(&server, feature), (open, String::new()), "{feature}");
+    }
+}

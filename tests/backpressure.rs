@@ -98,6 +98,20 @@ fn disconnect_policy_closes_a_subscriber_that_stops_reading_and_spares_the_reade
     let next = server.publish(&json!({"topic": "load", "data": "after"}));
     assert_eq!(good.next_event().id.as_deref(), Some(next[0].as_str()));
     assert_eq!(server.get("/health").status, 200);
+    // The metrics say who was dropped, and why.
+    let metrics = server.metrics();
+    assert_eq!(
+        metrics.get(r#"mcp_stream_dropped_total{reason="slow_consumer"}"#),
+        1.0
+    );
+    assert_eq!(
+        metrics.get(r#"mcp_stream_dropped_total{reason="queue_overflow"}"#),
+        0.0
+    );
+    assert_eq!(
+        metrics.get(r#"mcp_stream_connections{transport="sse"}"#),
+        1.0
+    );
 }
 
 #[test]
@@ -172,6 +186,16 @@ fn drop_oldest_policy_tells_a_slow_subscriber_exactly_how_many_events_it_lost() 
     );
     assert_eq!(good.next_event().event.as_deref(), Some("marker"));
     assert_eq!(good.next_event().id.as_deref(), Some(live[0].as_str()));
+    // The metrics count the same drops the subscriber was told of.
+    let metrics = server.metrics();
+    assert_eq!(
+        metrics.get(r#"mcp_stream_dropped_total{reason="queue_overflow"}"#),
+        total_dropped as f64
+    );
+    assert_eq!(
+        metrics.get(r#"mcp_stream_dropped_total{reason="slow_consumer"}"#),
+        0.0
+    );
 }
 
 #[test]

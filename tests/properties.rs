@@ -106,7 +106,7 @@ fn drain(engine: &mut Engine, sent: &mut HashMap<ConnId, Vec<u8>>) {
                 out.extend_from_slice(s);
                 bytes += s.len();
             }
-            engine.consume_output(id, bytes);
+            engine.consume_output(Instant::now(), id, bytes);
         }
         engine.on_drained(Instant::now(), id);
     }

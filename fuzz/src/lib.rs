@@ -208,7 +208,7 @@ impl Driver {
                     break;
                 }
             }
-            self.engine.consume_output(id, taken);
+            self.engine.consume_output(self.now, id, taken);
             if self.trace {
                 eprintln!("<< {id}: {}", String::from_utf8_lossy(&seen).escape_debug());
             }

@@ -173,6 +173,8 @@ struct Publication {
     topic: String,
     event: Option<String>,
     data: serde_json::Value,
+    /// When the other thread handed it over: delivery latency counts the wait for the loop.
+    sent_at: Instant,
 }
 
 /// Why a [`Publisher`] could not hand an event over.
@@ -264,6 +266,7 @@ fn publication(
         topic: topic.to_string(),
         event: event.map(str::to_string),
         data,
+        sent_at: Instant::now(),
     })
 }
 
@@ -799,7 +802,8 @@ impl Server {
             }
             match socket.stream.write_vectored(&slices[..n]) {
                 Ok(0) => return self.drop_socket(id, true),
-                Ok(written) => self.engine.consume_output(id, written),
+                // The write's own time, not the wake-up's: delivery latency ends here.
+                Ok(written) => self.engine.consume_output(Instant::now(), id, written),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     return self.set_writable(id, true);
                 }
@@ -837,7 +841,7 @@ impl Server {
                 let n = self.engine.output(id, &mut slices);
                 let queued = slices[..n].iter().map(|s| s.len()).sum();
                 if queued > 0 {
-                    self.engine.consume_output(id, queued);
+                    self.engine.consume_output(now, id, queued);
                     continue;
                 }
                 self.set_writable(id, false);
@@ -871,7 +875,7 @@ impl Server {
                 session.push(&slices[..n])
             };
             if taken > 0 {
-                self.engine.consume_output(id, taken);
+                self.engine.consume_output(Instant::now(), id, taken);
                 continue;
             }
             // Nothing is left, or the rest waits for the handshake to end (which flushes).
@@ -957,9 +961,11 @@ impl Server {
             let Ok(p) = self.publications.try_recv() else {
                 return;
             };
+            // Published as of its hand-over, so that its delivery latency counts the wait.
+            let at = p.sent_at.min(now);
             if let Err(e) = self
                 .engine
-                .publish(now, &p.topic, p.event.as_deref(), &p.data)
+                .publish(at, &p.topic, p.event.as_deref(), &p.data)
             {
                 log::warn!("publication on {:?} refused: {}", p.topic, e.reason());
             }

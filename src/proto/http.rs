@@ -380,6 +380,12 @@ pub fn response(
     out
 }
 
+/// The status of a response this module made: the three digits after `HTTP/1.1 `.
+pub fn response_status(response: &[u8]) -> Option<u16> {
+    let digits = response.strip_prefix(b"HTTP/1.1 ")?.get(..3)?;
+    std::str::from_utf8(digits).ok()?.parse().ok()
+}
+
 /// A JSON response.
 pub fn json_response(status: u16, body: &str, extra_headers: &str, keep_alive: bool) -> Vec<u8> {
     response(

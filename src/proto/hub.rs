@@ -276,6 +276,11 @@ impl Hub {
         self.topics.len()
     }
 
+    /// How many events the topics' histories hold, over every topic.
+    pub fn retained_events(&self) -> usize {
+        self.topics.iter().map(|(_, t)| t.history.len()).sum()
+    }
+
     /// The names of every topic, in no particular order.
     pub fn topic_names(&self) -> impl Iterator<Item = &str> {
         self.topics.iter().map(|(_, t)| &*t.name)

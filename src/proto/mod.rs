@@ -10,6 +10,8 @@
 //! - [`auth`]: credentials, static tokens and HS256 JWTs, and the topics they grant.
 //! - [`rate`]: token buckets for request and message rates.
 //! - [`jsonrpc`], [`ndjson`]: JSON-RPC messages, and the line framing of MCP's stdio transport.
+//! - [`metrics`]: error kinds, the delivery-latency histogram, the performance monitor and the
+//!   Prometheus text format.
 //! - [`engine`]: the connection state machines, routing and fan-out that tie the others together.
 //!
 //! The driver (`crate::driver`) owns the sockets and reads the clock; nothing here does.
@@ -19,6 +21,7 @@ pub mod engine;
 pub mod http;
 pub mod hub;
 pub mod jsonrpc;
+pub mod metrics;
 pub mod ndjson;
 pub mod queue;
 pub mod rate;

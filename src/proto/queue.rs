@@ -30,6 +30,16 @@ pub enum Encoding {
     WebSocket,
 }
 
+/// How an event came to be queued: for delivery latency, which counts live events only (a
+/// replayed event waited in history, not in the server).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// Queued as it was published.
+    Live,
+    /// Queued from history, for a resume or a join with `since`.
+    Replay,
+}
+
 /// One piece of pending output.
 #[derive(Debug)]
 enum Chunk {
@@ -38,7 +48,7 @@ enum Chunk {
     /// Bytes that live for the whole program (heartbeats); never dropped.
     Static(&'static [u8]),
     /// A published event in its shared encoding; may be dropped by [`Policy::DropOldest`].
-    Event(Arc<Event>, Encoding),
+    Event(Arc<Event>, Encoding, Origin),
     /// A notice that `count` events were dropped, in its encoding; merged into the next notice
     /// if it is itself overtaken by more drops before it leaves.
     Dropped { count: u64, bytes: Box<[u8]> },
@@ -49,8 +59,8 @@ impl Chunk {
         match self {
             Chunk::Owned(b) => b,
             Chunk::Static(b) => b,
-            Chunk::Event(e, Encoding::Sse) => e.sse_bytes(),
-            Chunk::Event(e, Encoding::WebSocket) => e.ws_frame(),
+            Chunk::Event(e, Encoding::Sse, _) => e.sse_bytes(),
+            Chunk::Event(e, Encoding::WebSocket, _) => e.ws_frame(),
             Chunk::Dropped { bytes, .. } => bytes,
         }
     }
@@ -101,23 +111,25 @@ impl WriteQueue {
         self.chunks.push_back(Chunk::Static(bytes));
     }
 
-    /// Queues a published event within `limit` bytes.
+    /// Queues a published event, which came from `origin`, within `limit` bytes.
     ///
     /// When it does not fit: with [`Policy::Disconnect`] nothing is queued and
     /// `Err(Overflow::Disconnect)` tells the caller to close the connection. With
     /// [`Policy::DropOldest`] the oldest queued events that have not started to leave are dropped
     /// until it fits (the new event itself when even that is not enough), and a notice made by
     /// `notice(count)` takes the place of the first one dropped, so the client learns of the gap
-    /// before the next event it gets. Returns how many events were dropped.
+    /// before the next event it gets. Returns how many events this call dropped (the events of a
+    /// notice it merges were counted by the call that dropped them).
     pub fn push_event(
         &mut self,
         event: Arc<Event>,
         encoding: Encoding,
+        origin: Origin,
         limit: usize,
         policy: Policy,
         notice: impl Fn(u64) -> Vec<u8>,
     ) -> Result<u64, Overflow> {
-        let chunk = Chunk::Event(event, encoding);
+        let chunk = Chunk::Event(event, encoding, origin);
         let size = chunk.bytes().len();
         if self.len + size <= limit {
             self.len += size;
@@ -129,14 +141,15 @@ impl WriteQueue {
         }
         // Room for the notice too; its length is at most that of the largest count.
         let room_needed = size + notice(u64::MAX).len();
-        let mut dropped = 0u64;
+        // Events dropped now, and those of notices overtaken (counted when they were dropped).
+        let (mut dropped, mut merged) = (0u64, 0u64);
         let mut gap = None;
         // The front chunk may have started to leave: it stays whole.
         let mut i = usize::from(self.head_offset > 0);
         while self.len + room_needed > limit && i < self.chunks.len() {
             match self.chunks[i] {
                 Chunk::Event(..) => dropped += 1,
-                Chunk::Dropped { count, .. } => dropped += count,
+                Chunk::Dropped { count, .. } => merged += count,
                 Chunk::Owned(_) | Chunk::Static(_) => {
                     i += 1;
                     continue;
@@ -151,17 +164,12 @@ impl WriteQueue {
         if !fits {
             dropped += 1;
         }
-        if dropped > 0 {
-            let bytes = notice(dropped).into_boxed_slice();
+        if dropped + merged > 0 {
+            let count = dropped + merged;
+            let bytes = notice(count).into_boxed_slice();
             self.len += bytes.len();
             let at = gap.unwrap_or(self.chunks.len());
-            self.chunks.insert(
-                at,
-                Chunk::Dropped {
-                    count: dropped,
-                    bytes,
-                },
-            );
+            self.chunks.insert(at, Chunk::Dropped { count, bytes });
         }
         if fits {
             self.len += size;
@@ -189,8 +197,9 @@ impl WriteQueue {
         n
     }
 
-    /// Marks `written` bytes as sent. Calls `on_event` with every event whose last byte went out.
-    pub fn consume(&mut self, mut written: usize, mut on_event: impl FnMut(&Arc<Event>)) {
+    /// Marks `written` bytes as sent. Calls `on_event` with every event whose last byte went
+    /// out, and where it came from.
+    pub fn consume(&mut self, mut written: usize, mut on_event: impl FnMut(&Event, Origin)) {
         written = written.min(self.len);
         self.len -= written;
         while written > 0 {
@@ -204,8 +213,8 @@ impl WriteQueue {
             }
             written -= left;
             self.head_offset = 0;
-            if let Some(Chunk::Event(event, _)) = self.chunks.pop_front() {
-                on_event(&event);
+            if let Some(Chunk::Event(event, _, origin)) = self.chunks.pop_front() {
+                on_event(&event, origin);
             }
         }
         if self.chunks.is_empty() {
@@ -253,7 +262,7 @@ mod tests {
             }
             let first = slices[0].to_vec();
             out.extend_from_slice(&first);
-            q.consume(first.len(), |_| {});
+            q.consume(first.len(), |_, _| {});
         }
         out
     }
@@ -268,13 +277,21 @@ mod tests {
         let e = event(1, "x");
         let size = e.sse_bytes().len();
         assert_eq!(
-            q.push_event(e, Encoding::Sse, size, Policy::Disconnect, notice),
+            q.push_event(
+                e,
+                Encoding::Sse,
+                Origin::Live,
+                size,
+                Policy::Disconnect,
+                notice
+            ),
             Ok(0)
         );
         assert_eq!(
             q.push_event(
                 event(2, "x"),
                 Encoding::Sse,
+                Origin::Live,
                 size,
                 Policy::Disconnect,
                 notice
@@ -295,6 +312,7 @@ mod tests {
                 q.push_event(
                     event(seq, "aaaa"),
                     Encoding::Sse,
+                    Origin::Live,
                     limit,
                     Policy::DropOldest,
                     notice
@@ -303,11 +321,13 @@ mod tests {
             );
         }
         // The fourth pushes out the first (and makes room for the notice), then the fifth
-        // pushes out the second: one notice of 2, standing where event 1 stood.
+        // pushes out the second: one dropped each time, and one notice of 2, standing where
+        // event 1 stood.
         assert_eq!(
             q.push_event(
                 event(4, "aaaa"),
                 Encoding::Sse,
+                Origin::Live,
                 limit,
                 Policy::DropOldest,
                 notice
@@ -318,11 +338,12 @@ mod tests {
             q.push_event(
                 event(5, "aaaa"),
                 Encoding::Sse,
+                Origin::Live,
                 limit,
                 Policy::DropOldest,
                 notice
             ),
-            Ok(2)
+            Ok(1)
         );
         assert!(q.len() <= limit);
         let text = String::from_utf8(drain(&mut q)).unwrap();
@@ -342,17 +363,19 @@ mod tests {
         q.push_event(
             event(1, "aaaa"),
             Encoding::Sse,
+            Origin::Live,
             limit,
             Policy::DropOldest,
             notice,
         )
         .unwrap();
-        q.consume(3, |_| {});
+        q.consume(3, |_, _| {});
         // Nothing else can be dropped, so the new event itself is counted as lost.
         assert_eq!(
             q.push_event(
                 event(2, "aaaa"),
                 Encoding::Sse,
+                Origin::Live,
                 limit,
                 Policy::DropOldest,
                 notice
@@ -371,6 +394,7 @@ mod tests {
         q.push_event(
             event(7, "z"),
             Encoding::Sse,
+            Origin::Replay,
             1 << 20,
             Policy::Disconnect,
             notice,
@@ -378,10 +402,10 @@ mod tests {
         .unwrap();
         let total = q.len();
         let mut done = Vec::new();
-        q.consume(total - 1, |e| done.push(e.id.seq));
+        q.consume(total - 1, |e, origin| done.push((e.id.seq, origin)));
         assert!(done.is_empty());
-        q.consume(1, |e| done.push(e.id.seq));
-        assert_eq!(done, vec![7]);
+        q.consume(1, |e, origin| done.push((e.id.seq, origin)));
+        assert_eq!(done, vec![(7, Origin::Replay)]);
         assert!(q.is_empty());
         assert_eq!(q.chunks.capacity(), 0);
     }

@@ -7,6 +7,7 @@
 
 #![allow(dead_code)] // each test crate uses a different part of this module
 
+use std::collections::HashMap;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::path::PathBuf;
@@ -191,6 +192,35 @@ impl TestServer {
     /// Opens `GET /stream/sse?{query}` and asserts `200`.
     pub fn sse(&self, query: &str) -> Sse {
         Sse::open(self.addr, query, &[])
+    }
+
+    /// `GET /metrics`: every sample, keyed by its name with its labels as written
+    /// (`mcp_stream_connections{transport="sse"}`). A sample that does not parse fails the
+    /// test (the interop suite checks the format with a real Prometheus parser).
+    pub fn metrics(&self) -> Metrics {
+        let r = self.get("/metrics");
+        assert_eq!(r.status, 200, "{r:?}");
+        let mut samples = HashMap::new();
+        for line in r.text().lines().filter(|l| !l.starts_with('#')) {
+            let (key, value) = line.rsplit_once(' ').expect("a sample line");
+            let value: f64 = value.parse().unwrap_or_else(|_| panic!("{line:?}"));
+            samples.insert(key.to_string(), value);
+        }
+        Metrics(samples)
+    }
+}
+
+/// The samples of one `GET /metrics`.
+#[derive(Debug)]
+pub struct Metrics(pub HashMap<String, f64>);
+
+impl Metrics {
+    /// The sample `key` (name and labels as written); fails the test when it is missing.
+    pub fn get(&self, key: &str) -> f64 {
+        *self
+            .0
+            .get(key)
+            .unwrap_or_else(|| panic!("no sample {key} in {:?}", self.0.keys()))
     }
 }
 

@@ -34,7 +34,8 @@ use slab::Slab;
 use super::auth::{Authenticator, Grant};
 use super::http::{self, BodyDecoder, HttpError, Request};
 use super::hub::{self, Event, EventId, Hub, HubError, Subscription};
-use super::queue::{Encoding, Overflow, Policy, WriteQueue};
+use super::metrics::{ErrorCounts, ErrorKind, LatencyHistogram, Monitor};
+use super::queue::{Encoding, Origin, Overflow, Policy, WriteQueue};
 use super::rate::RateLimiter;
 use super::sse;
 use super::timers::{TimerSlot, Timers};
@@ -45,6 +46,7 @@ use crate::features::{Feature, FeatureSet};
 
 mod admin;
 mod mcp;
+mod stats;
 mod websocket;
 
 use mcp::{Mcp, McpStream};
@@ -91,15 +93,17 @@ pub enum Drained {
     ShutdownWrite,
 }
 
-/// Running totals, for tests, logs and (later) metrics.
+/// Running totals, for tests, logs and the figures of `GET /metrics` and `GET /stats`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Counters {
     /// Connections open now, refused ones included.
     pub connections: usize,
     /// SSE streams open now.
     pub sse_streams: usize,
-    /// WebSocket connections open now.
+    /// WebSocket connections open now (MCP ones included).
     pub websockets: usize,
+    /// WebSocket connections that carry an MCP session, open now.
+    pub mcp_websockets: usize,
     /// WebSocket peers closed for not answering pings.
     pub keepalive_timeouts: u64,
     /// MCP SSE streams open now (streamed answers and session streams).
@@ -108,6 +112,20 @@ pub struct Counters {
     pub mcp_children: usize,
     /// Requests parsed.
     pub requests: u64,
+    /// Messages received from clients: WebSocket messages, MCP JSON-RPC messages (each one of a
+    /// batch), and events in `POST /stream/publish` bodies.
+    pub messages_received: u64,
+    /// Messages sent to clients: event copies once written, WebSocket replies and MCP
+    /// JSON-RPC messages once queued.
+    pub messages_sent: u64,
+    /// Bytes read from clients (after TLS).
+    pub bytes_received: u64,
+    /// Bytes of output that left the engine for the socket (or for TLS).
+    pub bytes_sent: u64,
+    /// Errors, by kind.
+    pub errors: ErrorCounts,
+    /// `tools/call` requests from MCP clients.
+    pub mcp_tool_calls: u64,
     /// Events published.
     pub events_published: u64,
     /// Event copies whose last byte was written to a socket.
@@ -222,6 +240,11 @@ pub struct Engine {
     /// The CORS headers of the request being dispatched (empty: none), for its response or
     /// stream head.
     cors: String,
+    /// How long live events took from publish to their socket write.
+    delivery: LatencyHistogram,
+    /// The performance monitor (`stream-monitoring`) and its next check.
+    monitor: Monitor,
+    monitor_due: Option<Instant>,
 }
 
 /// Fills a buffer with random bytes; returns whether it could.
@@ -292,6 +315,9 @@ impl Engine {
             open_grant: Arc::new(Grant::all()),
             rate: RateLimiter::default(),
             cors: String::new(),
+            delivery: LatencyHistogram::default(),
+            monitor: Monitor::default(),
+            monitor_due: None,
             config,
         }
     }
@@ -374,6 +400,9 @@ impl Engine {
     /// else is disturbed.
     pub fn set_feature(&mut self, now: Instant, feature: Feature, on: bool) {
         self.features.set(feature, on);
+        if feature == Feature::StreamMonitoring {
+            self.monitoring_switched(now, on);
+        }
         if on {
             return;
         }
@@ -436,6 +465,7 @@ impl Engine {
         if self.is_shutting_down() || self.conns.len() >= self.max_slots() {
             return None;
         }
+        self.arm_monitor(now);
         let ip = peer.ip();
         let per_ip = self.config.limits.max_connections_per_ip;
         let over_ip = per_ip > 0 && self.per_ip.get(&ip).is_some_and(|&n| n >= per_ip);
@@ -484,6 +514,7 @@ impl Engine {
 
     /// Bytes read from `id`.
     pub fn handle_input(&mut self, now: Instant, id: ConnId, data: &[u8]) {
+        self.counters.bytes_received += data.len() as u64;
         let Some(conn) = self.conn_mut(id) else {
             return;
         };
@@ -514,7 +545,9 @@ impl Engine {
 
     /// The driver dropped `id` on its own (an I/O error): forget it.
     pub fn handle_closed(&mut self, id: ConnId) {
-        self.forget(id);
+        if self.forget(id) {
+            self.counters.errors.add(ErrorKind::Io);
+        }
     }
 
     /// The next thing the driver must do.
@@ -541,15 +574,20 @@ impl Engine {
         self.conn(id).is_some_and(|c| !c.out.is_empty())
     }
 
-    /// `written` bytes of `id`'s output reached the socket.
-    pub fn consume_output(&mut self, id: ConnId, written: usize) {
+    /// `written` bytes of `id`'s output reached the socket at `now`.
+    pub fn consume_output(&mut self, now: Instant, id: ConnId, written: usize) {
         let Some(index) = self.index_of(id) else {
             return;
         };
-        let counters = &mut self.counters;
-        self.conns[index]
-            .out
-            .consume(written, |_| counters.events_sent += 1);
+        let (counters, delivery) = (&mut self.counters, &mut self.delivery);
+        counters.bytes_sent += written as u64;
+        self.conns[index].out.consume(written, |event, origin| {
+            counters.events_sent += 1;
+            counters.messages_sent += 1;
+            if origin == Origin::Live {
+                delivery.observe(now.saturating_duration_since(event.published_at));
+            }
+        });
     }
 
     /// `id`'s queue is empty: what now. `now` starts the linger time of a connection whose
@@ -579,6 +617,7 @@ impl Engine {
             self.mcp_next_reap(),
             self.mcp_next_call(),
             self.rate.next_sweep(),
+            self.monitor_next(),
         ]
         .into_iter()
         .flatten()
@@ -597,6 +636,7 @@ impl Engine {
         }
         self.mcp_calls_due(now);
         self.mcp_reap(now);
+        self.monitor_due_check(now);
         if self.rate.next_sweep().is_some_and(|due| due <= now) {
             let per_minute = self.config.security.max_requests_per_minute;
             self.rate.sweep(per_minute, now);
@@ -655,6 +695,7 @@ impl Engine {
     ) -> Result<EventId, HubError> {
         let (event, topic_index) = self.hub.publish(now, topic, name, data, None)?;
         self.counters.events_published += 1;
+        self.arm_monitor(now);
         self.fan_out(now, &event, Some(topic_index), None);
         Ok(event.id)
     }
@@ -788,6 +829,7 @@ impl Engine {
                     self.websockets.try_remove(key);
                 }
                 if let Some(session) = &socket.mcp_session {
+                    self.counters.mcp_websockets -= 1;
                     self.mcp_forget_session(session);
                 }
                 for (_, sub) in socket.rooms {
@@ -822,6 +864,7 @@ impl Engine {
 
     /// Answers `id` with an error and closes it.
     fn fail(&mut self, now: Instant, id: ConnId, error: HttpError) {
+        self.count_status(error.status);
         if let Some(conn) = self.conn_mut(id) {
             conn.out
                 .push_owned(http::error_response(error.status, error.reason, "", false));
@@ -829,8 +872,18 @@ impl Engine {
         self.start_closing(now, id);
     }
 
+    /// Counts an error answer.
+    fn count_status(&mut self, status: u16) {
+        if let Some(kind) = ErrorKind::of_status(status) {
+            self.counters.errors.add(kind);
+        }
+    }
+
     /// Queues a complete response and moves `id` to its next request (or closes it).
     fn respond(&mut self, now: Instant, id: ConnId, response: Vec<u8>, keep_alive: bool) {
+        if let Some(status) = http::response_status(&response) {
+            self.count_status(status);
+        }
         let response = if self.cors.is_empty() {
             response
         } else {
@@ -1114,7 +1167,9 @@ impl Engine {
             self.cors.clear();
             return self.respond(now, id, response, keep_alive);
         }
-        if request.path != "/health" && self.features.is_enabled(Feature::StreamRateLimiting) {
+        if !Engine::is_figures_path(&request.path)
+            && self.features.is_enabled(Feature::StreamRateLimiting)
+        {
             let per_minute = self.config.security.max_requests_per_minute;
             let ip = self.conn(id).map(|c| c.ip);
             if let Some(Err(wait)) = ip.map(|ip| self.rate.check(ip, per_minute, now)) {
@@ -1181,7 +1236,21 @@ impl Engine {
         }
         let response = match request.path.as_str() {
             "/health" => match method {
-                "GET" | "HEAD" => http::json_response(200, r#"{"status":"ok"}"#, "", keep_alive),
+                "GET" | "HEAD" => http::json_response(200, &self.health_json(), "", keep_alive),
+                _ => method_not_allowed("GET, HEAD", keep_alive),
+            },
+            "/stats" => match method {
+                "GET" | "HEAD" => http::json_response(200, &self.stats_json(), "", keep_alive),
+                _ => method_not_allowed("GET, HEAD", keep_alive),
+            },
+            "/metrics" => match method {
+                "GET" | "HEAD" => http::response(
+                    200,
+                    "text/plain; version=0.0.4; charset=utf-8",
+                    self.metrics_text().as_bytes(),
+                    "",
+                    keep_alive,
+                ),
                 _ => method_not_allowed("GET, HEAD", keep_alive),
             },
             "/stream/ws" => match method {
@@ -1255,6 +1324,7 @@ impl Engine {
             serde_json::Value::Array(items) => items.iter().collect::<Vec<_>>(),
             one => vec![one],
         };
+        self.counters.messages_received += items.len() as u64;
         // All of the batch or none of it: every item is checked before any is published, so a
         // client told to retry never duplicates a part.
         let mut checked = Vec::with_capacity(items.len());
@@ -1400,10 +1470,14 @@ impl Engine {
         let mut dropped = 0;
         if let Some(replay) = replay {
             for event in replay.events {
-                match conn
-                    .out
-                    .push_event(event, Encoding::Sse, limit, policy, sse::dropped)
-                {
+                match conn.out.push_event(
+                    event,
+                    Encoding::Sse,
+                    Origin::Replay,
+                    limit,
+                    policy,
+                    sse::dropped,
+                ) {
                     Ok(n) => dropped += n,
                     Err(Overflow::Disconnect) => {
                         overflow = true;
@@ -1484,6 +1558,7 @@ impl Delivery<'_> {
                 conn.out.push_event(
                     event.clone(),
                     Encoding::Sse,
+                    Origin::Live,
                     self.limit,
                     self.policy,
                     sse::dropped,
@@ -1492,6 +1567,7 @@ impl Delivery<'_> {
             Phase::Ws(_) => conn.out.push_event(
                 event.clone(),
                 Encoding::WebSocket,
+                Origin::Live,
                 self.limit,
                 self.policy,
                 ws::dropped,
@@ -1609,7 +1685,7 @@ mod tests {
                         out.extend_from_slice(s);
                         bytes += s.len();
                     }
-                    engine.consume_output(id, bytes);
+                    engine.consume_output(Instant::now(), id, bytes);
                 }
                 if engine.on_drained(Instant::now(), id) == Drained::ShutdownWrite {
                     self.shut.push(id);
@@ -2302,6 +2378,8 @@ Sec-WebSocket-Protocol: mcp\r\n\r\n";
     fn heartbeats_come_only_when_the_stream_is_idle() {
         let mut config = Config::default();
         config.sse.heartbeat_secs = 10;
+        // The monitor's deadline would come first.
+        config.features.set(Feature::StreamMonitoring, false);
         let mut e = engine(config);
         let t0 = Instant::now();
         let id = e.accept(t0, PEER.parse().unwrap()).unwrap();

@@ -16,7 +16,8 @@ use crate::proto::auth::Grant;
 use crate::proto::http::{self, Request};
 use crate::proto::hub::{self, HubError, Subscription};
 use crate::proto::jsonrpc;
-use crate::proto::queue::Encoding;
+use crate::proto::metrics::ErrorKind;
+use crate::proto::queue::{Encoding, Origin};
 use crate::proto::rate::Bucket;
 use crate::proto::ws::{self, Incoming, Session};
 
@@ -119,7 +120,9 @@ impl Engine {
             ping_sent: None,
         }));
         self.counters.websockets += 1;
-        if !mcp {
+        if mcp {
+            self.counters.mcp_websockets += 1;
+        } else {
             let welcome = json!({
                 "type": "welcome",
                 "data": "Connected to MCP server",
@@ -145,6 +148,9 @@ impl Engine {
             // A message before this one may have ended the session.
             if self.ws_mut(id).is_none() {
                 return;
+            }
+            if matches!(message, Incoming::Text(_) | Incoming::Binary) {
+                self.counters.messages_received += 1;
             }
             match message {
                 Incoming::Text(text) => match self.ws_mut(id).and_then(|s| s.mcp_session.clone()) {
@@ -173,6 +179,7 @@ impl Engine {
         }
         if let Some(failure) = failure {
             if self.ws_mut(id).is_some() {
+                self.counters.errors.add(ErrorKind::WebSocket);
                 self.ws_close(now, id, failure.code, failure.reason);
             }
         }
@@ -286,10 +293,14 @@ impl Engine {
         let mut dropped = 0;
         if let Some(conn) = self.conn_mut(id) {
             for event in replay.events {
-                match conn
-                    .out
-                    .push_event(event, Encoding::WebSocket, limit, policy, ws::dropped)
-                {
+                match conn.out.push_event(
+                    event,
+                    Encoding::WebSocket,
+                    Origin::Replay,
+                    limit,
+                    policy,
+                    ws::dropped,
+                ) {
                     Ok(n) => dropped += n,
                     Err(_) => {
                         overflow = true;
@@ -432,12 +443,14 @@ impl Engine {
     pub(super) fn ws_reply_text(&mut self, id: ConnId, text: String) {
         if let Some(socket) = self.ws_mut(id) {
             socket.session.send_text(text);
+            self.counters.messages_sent += 1;
             self.ws_flush(id);
         }
     }
 
     /// Sends `{"type":"error","error":reason}`; the connection stays up.
     fn ws_error(&mut self, id: ConnId, reason: &str) {
+        self.counters.errors.add(ErrorKind::WebSocket);
         self.ws_reply(id, &json!({"type": "error", "error": reason}));
     }
 

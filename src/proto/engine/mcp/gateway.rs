@@ -22,6 +22,7 @@ use serde_json::{json, Value};
 use super::{Answer, CallKind, Target, MAX_CALLS};
 use crate::proto::engine::Engine;
 use crate::proto::jsonrpc::{self, Message};
+use crate::proto::metrics::ErrorKind;
 use crate::proto::ndjson::{Line, LineReader};
 
 /// The JSON-RPC error code of a request that timed out (as the MCP SDKs use it).
@@ -173,6 +174,7 @@ impl Engine {
             return;
         };
         let session = self.mcp.children[index].session.clone();
+        self.counters.errors.add(ErrorKind::Gateway);
         log::warn!(
             "MCP server of session {}: {reason}; ending the session",
             short(&session)
@@ -439,6 +441,9 @@ impl Engine {
     fn gateway_route(&mut self, now: Instant, session: &str, message: Message, text: String) {
         match message {
             Message::Response { id, outcome } => {
+                if outcome.is_err() {
+                    self.counters.errors.add(ErrorKind::JsonRpc);
+                }
                 let Some(index) = self.gateway_call(session, |c| c.request == id) else {
                     return log::debug!(
                         "MCP server of session {}: an answer to {id}, which no one waits for",

@@ -102,6 +102,7 @@ impl Engine {
                 return http::error_response(400, &format!("invalid JSON: {e}"), "", keep_alive)
             }
         };
+        self.counters.messages_received += 1;
         let message = match jsonrpc::parse(&value) {
             Ok(m) => m,
             Err(invalid) => return http::error_response(400, invalid.message, "", keep_alive),

@@ -26,6 +26,7 @@ use crate::proto::auth::Grant;
 use crate::proto::http::{self, Request};
 use crate::proto::hub;
 use crate::proto::jsonrpc::{self, Message};
+use crate::proto::metrics::ErrorKind;
 use crate::proto::sse;
 use crate::proto::timers::{TimerSlot, Timers};
 
@@ -362,6 +363,10 @@ impl Engine {
             Ok(v) => v,
             Err(e) => return refuse(400, &format!("invalid JSON: {e}")),
         };
+        self.counters.messages_received += match &value {
+            Value::Array(items) => items.len() as u64,
+            _ => 1,
+        };
         if let Value::Array(items) = &value {
             return self.mcp_batch(now, id, request, items);
         }
@@ -387,6 +392,8 @@ impl Engine {
                 if method == "server/discover" {
                     let error =
                         jsonrpc::error(Some(rpc_id), jsonrpc::METHOD_NOT_FOUND, "Method not found");
+                    // The answer a probing client expects: not counted as an error.
+                    self.counters.messages_sent += 1;
                     return Some(http::json_response(200, &error.to_string(), "", keep_alive));
                 }
             }
@@ -418,6 +425,7 @@ impl Engine {
                     Answer::Now(response) => {
                         let progress = params.get("_meta").and_then(|m| m.get("progressToken"));
                         if progress.is_none() {
+                            self.count_sent_rpc(&response);
                             let extra = format!("Mcp-Session-Id: {session}\r\n");
                             return Some(http::json_response(
                                 200,
@@ -510,7 +518,9 @@ impl Engine {
             }
             return None;
         }
-        let response = jsonrpc::result(rpc_id, initialize_result(version)).to_string();
+        let response = jsonrpc::result(rpc_id, initialize_result(version));
+        self.count_sent_rpc(&response);
+        let response = response.to_string();
         let extra = format!("Mcp-Session-Id: {session}\r\n");
         Some(http::json_response(200, &response, &extra, keep_alive))
     }
@@ -754,6 +764,9 @@ impl Engine {
         params: &Value,
         token: Option<Value>,
     ) -> Answer {
+        if method == "tools/call" {
+            self.counters.mcp_tool_calls += 1;
+        }
         if self.gateway_on() {
             return self.gateway_request(session, rpc_id, method, params, token);
         }
@@ -1254,7 +1267,21 @@ impl Engine {
 
     /// Sends `message` of `session` to `target`.
     fn mcp_deliver(&mut self, session: &str, target: Target, message: &Value) {
+        self.count_rpc_error(message);
         self.mcp_deliver_text(session, target, message.to_string());
+    }
+
+    /// Counts a JSON-RPC message the engine made that is an error answer.
+    fn count_rpc_error(&mut self, message: &Value) {
+        if message.get("error").is_some() {
+            self.counters.errors.add(ErrorKind::JsonRpc);
+        }
+    }
+
+    /// Counts a JSON-RPC message sent as the body of an HTTP response.
+    fn count_sent_rpc(&mut self, message: &Value) {
+        self.counters.messages_sent += 1;
+        self.count_rpc_error(message);
     }
 
     /// Sends a message of `session`, as JSON text, to `target`.
@@ -1278,9 +1305,13 @@ impl Engine {
     }
 
     /// How many calls are answering later, over every session.
-    #[cfg(test)]
     pub(super) fn mcp_calls_in_progress(&self) -> usize {
         self.mcp.calls.len()
+    }
+
+    /// How many sessions are open.
+    pub(super) fn mcp_session_count(&self) -> usize {
+        self.mcp.sessions.len()
     }
 
     /// The next deadline of a streamed call.
@@ -1386,6 +1417,7 @@ impl Engine {
 
     /// Sends one JSON-RPC message on `id`: an MCP SSE stream, or a WebSocket carrying MCP.
     fn mcp_send(&mut self, id: ConnId, message: &Value) {
+        self.count_rpc_error(message);
         match self.conn(id).map(|c| &c.phase) {
             Some(Phase::Mcp(stream)) => {
                 let (session, number) = (stream.session.clone(), stream.number);
@@ -1409,6 +1441,9 @@ impl Engine {
         };
         log.sent += 1;
         let (sent, attached) = (log.sent, log.attached);
+        if attached.is_some() {
+            self.counters.messages_sent += 1;
+        }
         // Encoded for the connection before the text moves into the log: no copy of it.
         let block =
             attached.map(|_| sse::event_block(&format!("{number}-{sent}"), "message", &message));
