@@ -961,11 +961,10 @@ impl Server {
             let Ok(p) = self.publications.try_recv() else {
                 return;
             };
-            // Published as of its hand-over, so that its delivery latency counts the wait.
-            let at = p.sent_at.min(now);
+            let (topic, event) = (&p.topic, p.event.as_deref());
             if let Err(e) = self
                 .engine
-                .publish(at, &p.topic, p.event.as_deref(), &p.data)
+                .publish_handed_over(now, p.sent_at, topic, event, &p.data)
             {
                 log::warn!("publication on {:?} refused: {}", p.topic, e.reason());
             }

@@ -303,10 +303,11 @@ impl Hub {
 
     /// Publishes an event whose data is `data`, compact JSON text: gives it an id and keeps it
     /// in the topic's history. With `from`, it is a WebSocket broadcast to the topic's room from
-    /// that connection. Returns it with the topic's index for [`Hub::subscribers`].
+    /// that connection, and `published_at` its time of publication (for delivery latency).
+    /// Returns it with the topic's index for [`Hub::subscribers`].
     pub fn publish(
         &mut self,
-        now: Instant,
+        published_at: Instant,
         topic: &str,
         name: &str,
         data: &str,
@@ -316,7 +317,14 @@ impl Hub {
         let index = self.topic_index(topic)?;
         let id = self.next_id();
         let t = &mut self.topics[index];
-        let event = Arc::new(Event::new(id, t.name.clone(), name, data, from, now));
+        let event = Arc::new(Event::new(
+            id,
+            t.name.clone(),
+            name,
+            data,
+            from,
+            published_at,
+        ));
         if self.history == 0 {
             t.lost_through = id.seq;
         } else {

@@ -36,11 +36,14 @@ pub enum ErrorKind {
     NotEnabled,
     /// `503`: at capacity.
     Unavailable,
+    /// `500`, or a JSON-RPC internal error or timeout (`-32603`, `-32001`): the server failed.
+    Internal,
     /// Any other HTTP status of 400 and above.
     OtherHttp,
     /// A WebSocket error message, or a session closed for breaking the protocol.
     WebSocket,
-    /// A JSON-RPC error answer to an MCP client.
+    /// A JSON-RPC error answer to an MCP client for what it asked (a parse error, an unknown
+    /// method or tool, bad params, a tool's own error).
     JsonRpc,
     /// A gateway child that exited while its session was open.
     Gateway,
@@ -50,7 +53,7 @@ pub enum ErrorKind {
 
 impl ErrorKind {
     /// Every kind, in the order they are listed.
-    pub const ALL: [ErrorKind; 17] = [
+    pub const ALL: [ErrorKind; 18] = [
         ErrorKind::BadRequest,
         ErrorKind::Unauthorized,
         ErrorKind::Forbidden,
@@ -63,6 +66,7 @@ impl ErrorKind {
         ErrorKind::RateLimited,
         ErrorKind::NotEnabled,
         ErrorKind::Unavailable,
+        ErrorKind::Internal,
         ErrorKind::OtherHttp,
         ErrorKind::WebSocket,
         ErrorKind::JsonRpc,
@@ -85,6 +89,7 @@ impl ErrorKind {
             ErrorKind::RateLimited => "rate_limited",
             ErrorKind::NotEnabled => "not_enabled",
             ErrorKind::Unavailable => "unavailable",
+            ErrorKind::Internal => "internal",
             ErrorKind::OtherHttp => "other_http",
             ErrorKind::WebSocket => "websocket",
             ErrorKind::JsonRpc => "jsonrpc",
@@ -107,10 +112,21 @@ impl ErrorKind {
             409 => ErrorKind::Conflict,
             413 | 431 => ErrorKind::TooLarge,
             429 => ErrorKind::RateLimited,
+            500 => ErrorKind::Internal,
             501 => ErrorKind::NotEnabled,
             503 => ErrorKind::Unavailable,
             _ => ErrorKind::OtherHttp,
         })
+    }
+
+    /// Whether the server, not the client, is at fault: at capacity, an internal failure or
+    /// timeout, a gateway child lost. The monitor's error rate counts only these, so that no
+    /// client can make the server look degraded by sending bad requests.
+    pub fn is_server_side(self) -> bool {
+        matches!(
+            self,
+            ErrorKind::Unavailable | ErrorKind::Internal | ErrorKind::Gateway
+        )
     }
 }
 
@@ -132,6 +148,15 @@ impl ErrorCounts {
     /// How many errors were counted, of every kind.
     pub fn total(&self) -> u64 {
         self.0.iter().sum()
+    }
+
+    /// How many errors were the server's fault ([`ErrorKind::is_server_side`]).
+    pub fn server_side(&self) -> u64 {
+        ErrorKind::ALL
+            .iter()
+            .filter(|k| k.is_server_side())
+            .map(|&k| self.get(k))
+            .sum()
     }
 }
 
@@ -227,24 +252,43 @@ impl LatencyHistogram {
     /// The `q` quantile (0 to 1): the highest value of the bucket that holds it, so never
     /// below the true value and at most 12.5% above it. `None` when nothing was counted.
     pub fn quantile(&self, q: f64) -> Option<Duration> {
-        self.quantile_since(&LatencyHistogram::default(), q)
+        let (_, high) = self.quantile_since(&LatencyHistogram::default(), q)?;
+        Some(high.min(self.max()))
     }
 
     /// The `q` quantile of what was counted after `earlier`, a copy of this histogram taken
-    /// before. `None` when nothing was counted since.
-    pub fn quantile_since(&self, earlier: &LatencyHistogram, q: f64) -> Option<Duration> {
-        let count = self.count.checked_sub(earlier.count).filter(|&n| n > 0)?;
+    /// before: the range of the fine bucket that holds it, lowest and highest value. `None`
+    /// when nothing was counted since.
+    pub fn quantile_since(
+        &self,
+        earlier: &LatencyHistogram,
+        q: f64,
+    ) -> Option<(Duration, Duration)> {
+        let count = self.count.saturating_sub(earlier.count);
+        if count == 0 {
+            return None;
+        }
         // The rank of the quantile, from 1 to `count`.
         let rank = ((q.clamp(0.0, 1.0) * count as f64).ceil() as u64).clamp(1, count);
         let mut seen = 0;
+        let mut last = FINE_BUCKETS - 1;
         for (index, (now, then)) in self.fine.iter().zip(earlier.fine.iter()).enumerate() {
-            seen += now - then;
+            seen += now.saturating_sub(*then);
             if seen >= rank {
-                let micros = fine_upper_bound(index).min(self.max_micros);
-                return Some(Duration::from_micros(micros));
+                last = index;
+                break;
             }
         }
-        Some(self.max())
+        let low = if last == 0 {
+            0
+        } else {
+            fine_upper_bound(last - 1) + 1
+        };
+        let range = (low, fine_upper_bound(last));
+        Some((
+            Duration::from_micros(range.0),
+            Duration::from_micros(range.1),
+        ))
     }
 
     /// The exposition's buckets: each upper bound as written (the last is `+Inf`) with the
@@ -295,6 +339,9 @@ pub struct Thresholds {
 /// Fewer operations than this in one period are too few to judge an error rate by: one failed
 /// request out of two is not a degraded server.
 pub const MIN_OPERATIONS_FOR_ERROR_RATE: u64 = 20;
+/// Fewer deliveries than this in one period are too few to judge a p99 by: below 100, the p99
+/// is the slowest one.
+pub const MIN_DELIVERIES_FOR_LATENCY: u64 = 100;
 
 /// The performance monitor (`stream-monitoring`): every period it compares what happened since
 /// the last check with its thresholds, logs a warning for each one passed, and keeps the reasons
@@ -314,7 +361,7 @@ impl Monitor {
     }
 
     /// Judges the period since the last check, given the totals now: the latency histogram,
-    /// errors, and operations (requests and messages received).
+    /// server-side errors, and operations (requests and WebSocket messages).
     pub fn check(
         &mut self,
         latency: &LatencyHistogram,
@@ -323,13 +370,18 @@ impl Monitor {
         thresholds: Thresholds,
     ) {
         self.reasons.clear();
-        if let Some(p99) = latency.quantile_since(&self.latency, 0.99) {
-            if p99 > thresholds.p99_latency {
-                self.reasons.push(format!(
-                    "p99 delivery latency {} ms is over {} ms",
-                    p99.as_millis(),
-                    thresholds.p99_latency.as_millis()
-                ));
+        let deliveries = latency.count().saturating_sub(self.latency.count());
+        if deliveries >= MIN_DELIVERIES_FOR_LATENCY {
+            // Over the threshold only when the whole bucket of the p99 is: never on the
+            // strength of the bucket's width.
+            if let Some((low, _)) = latency.quantile_since(&self.latency, 0.99) {
+                if low > thresholds.p99_latency {
+                    self.reasons.push(format!(
+                        "p99 delivery latency of at least {:.1} ms is over {:.1} ms",
+                        low.as_secs_f64() * 1000.0,
+                        thresholds.p99_latency.as_secs_f64() * 1000.0
+                    ));
+                }
             }
         }
         let (errors_now, operations_now) = (
@@ -348,6 +400,12 @@ impl Monitor {
         for reason in &self.reasons {
             log::warn!("performance monitor: {reason}");
         }
+        self.restart(latency, errors, operations);
+    }
+
+    /// Starts a period at the totals given, without judging the last one (the monitor was off
+    /// until now, or has just judged it).
+    pub fn restart(&mut self, latency: &LatencyHistogram, errors: u64, operations: u64) {
         self.latency.clone_from(latency);
         self.errors = errors;
         self.operations = operations;
@@ -433,6 +491,19 @@ mod tests {
     }
 
     #[test]
+    fn server_side_errors_are_the_servers_fault_only() {
+        let mut errors = ErrorCounts::default();
+        for kind in ErrorKind::ALL {
+            errors.add(kind);
+        }
+        assert_eq!(errors.total(), 18);
+        assert_eq!(errors.server_side(), 3);
+        assert_eq!(ErrorKind::of_status(500), Some(ErrorKind::Internal));
+        assert_eq!(ErrorKind::of_status(505), Some(ErrorKind::OtherHttp));
+        assert_eq!(ErrorKind::of_status(302), None);
+    }
+
+    #[test]
     fn quantiles_are_within_an_eighth_above_the_truth() {
         let mut h = LatencyHistogram::default();
         assert_eq!(h.quantile(0.5), None);
@@ -473,12 +544,28 @@ mod tests {
         };
         let mut monitor = Monitor::default();
         let mut latency = LatencyHistogram::default();
+        // 99 deliveries are too few to judge, however slow.
+        for _ in 0..99 {
+            latency.observe(ms(2000));
+        }
+        monitor.check(&latency, 0, 100, thresholds);
+        assert!(monitor.reasons().is_empty(), "{:?}", monitor.reasons());
         for _ in 0..100 {
             latency.observe(ms(2000));
         }
         monitor.check(&latency, 0, 100, thresholds);
         assert_eq!(monitor.reasons().len(), 1, "{:?}", monitor.reasons());
-        assert!(monitor.reasons()[0].starts_with("p99 delivery latency 2"));
+        assert!(
+            monitor.reasons()[0].starts_with("p99 delivery latency of at least 19"),
+            "{:?}",
+            monitor.reasons()
+        );
+        // A p99 just under the threshold, in a bucket that reaches past it, is not over it.
+        for _ in 0..100 {
+            latency.observe(ms(995));
+        }
+        monitor.check(&latency, 0, 100, thresholds);
+        assert!(monitor.reasons().is_empty(), "{:?}", monitor.reasons());
         // A fast period after a slow one is healthy: only what happened since counts.
         for _ in 0..100 {
             latency.observe(ms(1));
@@ -492,6 +579,10 @@ mod tests {
         monitor.check(&latency, 11, 400, thresholds);
         assert!(monitor.reasons().is_empty());
         monitor.check(&latency, 13, 403, thresholds);
+        assert!(monitor.reasons().is_empty());
+        // After a restart, what happened before it is not judged.
+        monitor.restart(&latency, 100, 500);
+        monitor.check(&latency, 100, 600, thresholds);
         assert!(monitor.reasons().is_empty());
     }
 

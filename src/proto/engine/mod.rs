@@ -117,6 +117,8 @@ pub struct Counters {
     /// Messages received from clients: WebSocket messages, MCP JSON-RPC messages (each one of a
     /// batch), and events in `POST /stream/publish` bodies.
     pub messages_received: u64,
+    /// WebSocket data messages received (pub/sub and MCP alike).
+    pub websocket_messages: u64,
     /// Messages sent to clients: event copies once written, WebSocket replies and MCP
     /// JSON-RPC messages once queued.
     pub messages_sent: u64,
@@ -694,18 +696,35 @@ impl Engine {
         event: Option<&str>,
         data: &serde_json::Value,
     ) -> Result<EventId, HubError> {
-        self.publish_json(now, topic, event.unwrap_or("message"), &data.to_string())
+        self.publish_handed_over(now, now, topic, event, data)
     }
 
-    /// Publishes an event whose data is already compact JSON text.
+    /// Like [`Engine::publish`], for an event another thread handed over at `handed_over`
+    /// (at or before `now`): its delivery latency counts from then.
+    pub fn publish_handed_over(
+        &mut self,
+        now: Instant,
+        handed_over: Instant,
+        topic: &str,
+        event: Option<&str>,
+        data: &serde_json::Value,
+    ) -> Result<EventId, HubError> {
+        let name = event.unwrap_or("message");
+        self.publish_json(now, handed_over, topic, name, &data.to_string())
+    }
+
+    /// Publishes an event whose data is already compact JSON text, published (for its
+    /// delivery latency) at `published_at`.
     fn publish_json(
         &mut self,
         now: Instant,
+        published_at: Instant,
         topic: &str,
         name: &str,
         data: &str,
     ) -> Result<EventId, HubError> {
-        let (event, topic_index) = self.hub.publish(now, topic, name, data, None)?;
+        let at = published_at.min(now);
+        let (event, topic_index) = self.hub.publish(at, topic, name, data, None)?;
         self.counters.events_published += 1;
         self.arm_monitor(now);
         self.fan_out(now, &event, Some(topic_index), None);
@@ -1179,9 +1198,7 @@ impl Engine {
             self.cors.clear();
             return self.respond(now, id, response, keep_alive);
         }
-        if !Engine::is_figures_path(&request.path)
-            && self.features.is_enabled(Feature::StreamRateLimiting)
-        {
+        if request.path != "/health" && self.features.is_enabled(Feature::StreamRateLimiting) {
             let per_minute = self.config.security.max_requests_per_minute;
             let ip = self.conn(id).map(|c| c.ip);
             if let Some(Err(wait)) = ip.map(|ip| self.rate.check(ip, per_minute, now)) {
@@ -1366,7 +1383,7 @@ impl Engine {
         self.hub.touch(topics());
         let mut ids = Vec::with_capacity(checked.len());
         for (topic, event, data) in &checked {
-            match self.publish_json(now, topic, event, data) {
+            match self.publish_json(now, now, topic, event, data) {
                 Ok(id) => ids.push(serde_json::Value::String(id.to_string())),
                 Err(e) => return bad(e.reason()),
             }

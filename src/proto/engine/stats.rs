@@ -223,6 +223,11 @@ impl Engine {
             .into_iter()
             .map(|(reason, n)| (reason.to_string(), n.into()))
             .collect();
+        let features: Map<String, Value> = self
+            .features
+            .iter()
+            .map(|(f, on)| (f.name().to_string(), on.into()))
+            .collect();
         json!({
             "connections": connections,
             "connections_refused": c.connections_refused,
@@ -235,6 +240,7 @@ impl Engine {
             "bytes": {"received": c.bytes_received, "sent": c.bytes_sent},
             "errors": {"total": c.errors.total(), "by_kind": by_kind},
             "dropped": dropped,
+            "keepalive_timeouts": c.keepalive_timeouts,
             "queues": {"bytes": g.queued_bytes, "largest_bytes": g.largest_queue},
             "history": {"topics": g.topics, "events": g.history_events},
             "mcp": {
@@ -244,6 +250,7 @@ impl Engine {
                 "children": c.mcp_children,
             },
             "delivery_latency": latency_json(&self.delivery),
+            "features": features,
             "health": health(self.degraded_reasons()),
         })
         .to_string()
@@ -256,9 +263,14 @@ impl Engine {
         }
     }
 
-    /// `stream-monitoring` was turned on or off.
+    /// `stream-monitoring` was turned on or off. Turned on, its first period starts now: what
+    /// happened while it was off is not judged.
     pub(super) fn monitoring_switched(&mut self, now: Instant, on: bool) {
         if on {
+            if self.monitor_due.is_none() {
+                let (errors, operations) = self.monitored_totals();
+                self.monitor.restart(&self.delivery, errors, operations);
+            }
             self.arm_monitor(now);
         } else {
             self.monitor_due = None;
@@ -266,28 +278,29 @@ impl Engine {
         }
     }
 
+    /// What the monitor's error rate is made of: errors that are the server's fault, and
+    /// operations (requests, and WebSocket messages: a message in an HTTP body is part of its
+    /// request).
+    fn monitored_totals(&self) -> (u64, u64) {
+        let c = &self.counters;
+        (c.errors.server_side(), c.requests + c.websocket_messages)
+    }
+
     /// The monitor's check, when it is due.
     pub(super) fn monitor_due_check(&mut self, now: Instant) {
         if self.monitor_due.is_none_or(|due| due > now) {
             return;
         }
-        let c = &self.counters;
-        let operations = c.requests + c.messages_received;
+        let (errors, operations) = self.monitored_totals();
         let thresholds = self.config.monitoring.thresholds();
         self.monitor
-            .check(&self.delivery, c.errors.total(), operations, thresholds);
+            .check(&self.delivery, errors, operations, thresholds);
         self.monitor_due = now.checked_add(self.config.monitoring.interval());
     }
 
     /// The monitor's next check.
     pub(super) fn monitor_next(&self) -> Option<Instant> {
         self.monitor_due
-    }
-
-    /// Whether a request is for one of the figures (`/health`, `/metrics`, `/stats`), which
-    /// need no credential and are not rate limited.
-    pub(super) fn is_figures_path(path: &str) -> bool {
-        matches!(path, "/health" | "/metrics" | "/stats")
     }
 }
 

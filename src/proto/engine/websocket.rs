@@ -151,6 +151,7 @@ impl Engine {
             }
             if matches!(message, Incoming::Text(_) | Incoming::Binary) {
                 self.counters.messages_received += 1;
+                self.counters.websocket_messages += 1;
             }
             match message {
                 Incoming::Text(text) => match self.ws_mut(id).and_then(|s| s.mcp_session.clone()) {
@@ -164,7 +165,7 @@ impl Engine {
                             jsonrpc::INVALID_REQUEST,
                             "binary frames are not JSON-RPC messages: send text",
                         );
-                        self.ws_reply(id, &error);
+                        self.mcp_send(id, &error);
                     } else {
                         self.ws_error(id, "binary messages are not supported: send JSON text")
                     }

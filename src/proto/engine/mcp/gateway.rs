@@ -26,7 +26,7 @@ use crate::proto::metrics::ErrorKind;
 use crate::proto::ndjson::{Line, LineReader};
 
 /// The JSON-RPC error code of a request that timed out (as the MCP SDKs use it).
-const REQUEST_TIMEOUT: i64 = -32001;
+pub(super) const REQUEST_TIMEOUT: i64 = -32001;
 
 /// A child process's handle: slot and generation, like a connection's.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -441,8 +441,8 @@ impl Engine {
     fn gateway_route(&mut self, now: Instant, session: &str, message: Message, text: String) {
         match message {
             Message::Response { id, outcome } => {
-                if outcome.is_err() {
-                    self.counters.errors.add(ErrorKind::JsonRpc);
+                if let Err(error) = &outcome {
+                    self.counters.errors.add(super::rpc_error_kind(error));
                 }
                 let Some(index) = self.gateway_call(session, |c| c.request == id) else {
                     return log::debug!(

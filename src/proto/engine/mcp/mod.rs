@@ -1271,10 +1271,11 @@ impl Engine {
         self.mcp_deliver_text(session, target, message.to_string());
     }
 
-    /// Counts a JSON-RPC message the engine made that is an error answer.
+    /// Counts a JSON-RPC message the engine made that is an error answer: an internal error
+    /// or a timeout is the server's failure, anything else an answer to what the client asked.
     fn count_rpc_error(&mut self, message: &Value) {
-        if message.get("error").is_some() {
-            self.counters.errors.add(ErrorKind::JsonRpc);
+        if let Some(error) = message.get("error") {
+            self.counters.errors.add(rpc_error_kind(error));
         }
     }
 
@@ -1416,7 +1417,7 @@ impl Engine {
     }
 
     /// Sends one JSON-RPC message on `id`: an MCP SSE stream, or a WebSocket carrying MCP.
-    fn mcp_send(&mut self, id: ConnId, message: &Value) {
+    pub(super) fn mcp_send(&mut self, id: ConnId, message: &Value) {
         self.count_rpc_error(message);
         match self.conn(id).map(|c| &c.phase) {
             Some(Phase::Mcp(stream)) => {
@@ -1441,9 +1442,6 @@ impl Engine {
         };
         log.sent += 1;
         let (sent, attached) = (log.sent, log.attached);
-        if attached.is_some() {
-            self.counters.messages_sent += 1;
-        }
         // Encoded for the connection before the text moves into the log: no copy of it.
         let block =
             attached.map(|_| sse::event_block(&format!("{number}-{sent}"), "message", &message));
@@ -1471,7 +1469,9 @@ impl Engine {
         };
         let queued = conn.out.len();
         conn.out.push_owned(block);
-        if queued > 0 && conn.out.len() > limit {
+        let over = queued > 0 && conn.out.len() > limit;
+        self.counters.messages_sent += 1;
+        if over {
             self.counters.slow_consumers_disconnected += 1;
             return self.close(id);
         }
@@ -1625,6 +1625,14 @@ impl Engine {
 }
 
 /// The revision for an `initialize`: the client's if it is served, else the newest.
+/// The kind of a JSON-RPC error answer's `error` object, by its code.
+pub(super) fn rpc_error_kind(error: &Value) -> ErrorKind {
+    match error.get("code").and_then(Value::as_i64) {
+        Some(jsonrpc::INTERNAL_ERROR | gateway::REQUEST_TIMEOUT) => ErrorKind::Internal,
+        _ => ErrorKind::JsonRpc,
+    }
+}
+
 fn negotiate(params: &Value) -> &'static str {
     let asked = params.get("protocolVersion").and_then(Value::as_str);
     PROTOCOL_VERSIONS
