@@ -1,6 +1,7 @@
-//! Micro-benchmarks of the hot paths of the sans-IO core: request-head parsing, SSE encoding
-//! of a published event, and the fan-out of one publish to N in-process subscribers (queueing
-//! and "writing" every copy, with no sockets).
+//! Micro-benchmarks of the hot paths of the sans-IO core: request-head parsing, the SSE and
+//! WebSocket encodings of a published event, flushing a write queue of shared events, and the
+//! fan-out of one publish to N in-process subscribers (queueing and "writing" every copy, with
+//! no sockets).
 //!
 //! `cargo bench --bench hot_paths`; compare a change with `-- --save-baseline before` and
 //! `-- --baseline before`.
@@ -15,6 +16,7 @@ use mcp_stream::config::Config;
 use mcp_stream::proto::engine::{Action, Engine};
 use mcp_stream::proto::http::parse_head;
 use mcp_stream::proto::hub::{Event, EventId};
+use mcp_stream::proto::queue::{Encoding, Origin, Policy, WriteQueue};
 use mcp_stream::proto::ConnId;
 
 const REQUEST: &[u8] =
@@ -36,23 +38,59 @@ fn http_parse(c: &mut Criterion) {
     group.finish();
 }
 
-fn sse_encode(c: &mut Criterion) {
+fn event(data: &str, now: Instant) -> Event {
+    Event::new(
+        EventId { epoch: 1, seq: 2 },
+        "news".into(),
+        "update",
+        data,
+        None,
+        now,
+    )
+}
+
+fn encode(c: &mut Criterion) {
     let data = payload().to_string();
     let now = Instant::now();
     c.bench_function("sse/encode_event", |b| {
+        b.iter(|| event(black_box(&data), now).sse_bytes().len())
+    });
+    c.bench_function("ws/encode_event", |b| {
+        b.iter(|| event(black_box(&data), now).ws_frame().len())
+    });
+}
+
+/// Queues 64 shared events and writes them all out, as a socket that takes 64 slices a write.
+fn queue_flush(c: &mut Criterion) {
+    const EVENTS: u64 = 64;
+    let shared = std::sync::Arc::new(event(&payload().to_string(), Instant::now()));
+    let mut group = c.benchmark_group("queue");
+    group.throughput(Throughput::Elements(EVENTS));
+    group.bench_function("push_and_flush_64", |b| {
+        let mut queue = WriteQueue::default();
         b.iter(|| {
-            Event::new(
-                EventId { epoch: 1, seq: 2 },
-                "news".into(),
-                "update",
-                black_box(&data),
-                None,
-                now,
-            )
-            .sse_bytes()
-            .len()
+            for _ in 0..EVENTS {
+                let pushed = queue.push_event(
+                    shared.clone(),
+                    Encoding::Sse,
+                    Origin::Live,
+                    1 << 20,
+                    Policy::Disconnect,
+                    |_| Vec::new(),
+                );
+                black_box(pushed.is_ok());
+            }
+            while !queue.is_empty() {
+                let mut slices = [IoSlice::new(&[]); 64];
+                let n = queue.fill_slices(&mut slices);
+                let bytes: usize = slices[..n].iter().map(|s| s.len()).sum();
+                queue.consume(bytes, |event, _| {
+                    black_box(event);
+                });
+            }
         })
     });
+    group.finish();
 }
 
 /// Writes every pending byte of every connection with output, as a socket that takes all, at
@@ -119,5 +157,5 @@ fn fan_out(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, http_parse, sse_encode, fan_out);
+criterion_group!(benches, http_parse, encode, queue_flush, fan_out);
 criterion_main!(benches);
