@@ -24,10 +24,9 @@ const ROUNDS: usize = 4;
 /// Everything the requests can make the server keep (topics and their history, MCP sessions)
 /// held small.
 const SMALL_STATE: &str = r#"{"streaming":{"websocket":{"message_history":4},"limits":{"max_topics":16}},"mcp":{"max_sessions":16,"session_idle_secs":1}}"#;
-/// The same with short connection deadlines: the timer heap keeps an entry of a closed
-/// connection until its deadline (up to `head_timeout_ms`, 10 s by default), so under churn it
-/// holds the connections of the last deadline's worth of time, not only the open ones. With
-/// short deadlines, what grows past the first replays would be a leak.
+/// The same with short connection deadlines, so that nothing a closed connection leaves behind
+/// (a timer entry until its deadline, at most until the heap is compacted) outlives a replay:
+/// what grows past the first replays would be a leak.
 const SMALL_STATE_SHORT_DEADLINES: &str = r#"{"streaming":{"websocket":{"message_history":4},"limits":{"max_topics":16,"head_timeout_ms":100,"body_timeout_ms":100,"idle_timeout_secs":1}},"mcp":{"max_sessions":16,"session_idle_secs":1}}"#;
 
 fn main() {
