@@ -160,6 +160,17 @@ fn a_mix_of_transports_with_the_pid_and_a_plot() {
     assert!(svg.starts_with("<svg"), "{svg}");
     assert!(svg.trim_end().ends_with("</svg>"), "{svg}");
     assert!(svg.contains("<path d=\"M"), "{svg}");
+
+    // `bench plot` draws the curves of saved --json runs together.
+    let saved = TempFile::new("run.json", &r.to_string());
+    let combined = TempFile::new("combined.svg", "");
+    let one = format!("one={}", saved.arg());
+    let two = format!("two={}", saved.arg());
+    let out = run_to_exit(&["bench", "plot", &combined.arg(), &one, &two], &[]);
+    assert!(out.status.success(), "{out:?}");
+    let svg = std::fs::read_to_string(&combined.path).unwrap();
+    assert!(svg.starts_with("<svg") && svg.contains(">two<"), "{svg}");
+    assert_eq!(svg.matches("<path ").count(), 2, "{svg}");
 }
 
 /// One subscriber reading and one stalled (it reads nothing while the messages go out) on a

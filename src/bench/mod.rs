@@ -23,6 +23,15 @@ use options::Parsed;
 /// Runs `mcp-stream bench ARGS`: 0 after a run, 1 when the run could not be made, 2 for a bad
 /// option.
 pub fn main(args: &[String]) -> ExitCode {
+    if args.first().map(String::as_str) == Some("plot") {
+        return match plot_runs(&args[1..]) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("mcp-stream: bench plot: {e}");
+                ExitCode::from(2)
+            }
+        };
+    }
     let o = match options::parse(args) {
         Ok(Parsed::Help) => {
             print!("{}", options::USAGE);
@@ -84,4 +93,40 @@ pub fn main(args: &[String]) -> ExitCode {
         return ExitCode::FAILURE;
     }
     ExitCode::SUCCESS
+}
+
+/// `bench plot OUT.svg [--title TEXT] LABEL=RUN.json...`: the latency curves of earlier `--json`
+/// runs in one plot.
+fn plot_runs(args: &[String]) -> Result<(), String> {
+    let usage = "usage: mcp-stream bench plot OUT.svg [--title TEXT] LABEL=RUN.json...";
+    let (out, mut rest) = args.split_first().ok_or(usage)?;
+    let mut title = "latency by percentile (from intended send time)".to_string();
+    let mut series = Vec::new();
+    while let Some((arg, tail)) = rest.split_first() {
+        rest = tail;
+        if arg == "--title" {
+            let (t, tail) = rest.split_first().ok_or(usage)?;
+            title.clone_from(t);
+            rest = tail;
+            continue;
+        }
+        let (label, file) = arg.split_once('=').ok_or(usage)?;
+        let text = std::fs::read_to_string(file).map_err(|e| format!("{file}: {e}"))?;
+        let run: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| format!("{file}: {e}"))?;
+        let points = run["percentiles"]
+            .as_array()
+            .ok_or_else(|| format!("{file}: no \"percentiles\" (not a bench --json run)"))?
+            .iter()
+            .filter_map(|p| Some((p.get(0)?.as_f64()?, p.get(1)?.as_f64()?)))
+            .collect();
+        series.push(report::Series {
+            label: label.to_string(),
+            points,
+        });
+    }
+    if series.is_empty() {
+        return Err(usage.into());
+    }
+    std::fs::write(out, report::svg(&title, &series)).map_err(|e| format!("{out}: {e}"))
 }

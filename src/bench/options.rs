@@ -12,6 +12,7 @@ mcp-stream bench: end-to-end latency of a pub/sub streaming server, open-loop
 USAGE:
     mcp-stream bench [OPTIONS]
     mcp-stream bench --baseline [OPTIONS]
+    mcp-stream bench plot OUT.svg [--title TEXT] LABEL=RUN.json...   (curves of --json runs)
 
 N subscribers connect (SSE `GET /stream/sse?topic=T`, or WebSocket `/stream/ws` and
 {\"type\":\"join\",\"room\":T}); a publisher sends M messages at R per second, each at its intended

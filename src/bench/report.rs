@@ -3,6 +3,7 @@
 //! plots draw it), written by hand.
 
 use std::fmt::Write as _;
+use std::ops::Sub;
 
 use hdrhistogram::Histogram;
 use serde_json::{json, Value};
@@ -333,6 +334,7 @@ pub fn svg(title: &str, series: &[Series]) -> String {
         .clone()
         .map(|(q, _)| nines(*q))
         .fold(2.0f64, f64::max)
+        .sub(1e-9)
         .ceil()
         .min(9.0);
     let max_ms = all.map(|(_, v)| *v).fold(0.0f64, f64::max);
