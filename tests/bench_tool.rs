@@ -298,6 +298,30 @@ fn no_server_is_a_one_line_failure() {
 }
 
 #[test]
+fn running_out_of_file_descriptors_says_what_to_do() {
+    let server = TestServer::start();
+    // A shell lowers the limit for the bench alone; it stops at the first EMFILE.
+    let script = format!(
+        "ulimit -n 64 && exec {} bench --url http://{} -n 200 --duration 8",
+        common::BIN,
+        server.addr
+    );
+    let out = std::process::Command::new("sh")
+        .args(["-c", &script])
+        .output()
+        .expect("run sh");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("warning: the open-file limit is 64"),
+        "{stderr}"
+    );
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(last.contains("out of file descriptors"), "{stderr}");
+    assert!(last.contains("ulimit -n"), "{stderr}");
+}
+
+#[test]
 fn bad_options_exit_2_with_one_line() {
     for args in [
         &["bench", "--rate", "0"][..],

@@ -279,6 +279,8 @@ enum Change {
     Failed(String),
     /// It ended after it was live.
     Closed,
+    /// It went live and ended in the same wake-up.
+    LiveThenClosed,
 }
 
 /// `Ok(true)` once a non-blocking connect has completed, `Ok(false)` while it is under way.
@@ -350,7 +352,8 @@ impl Sub {
         }
     }
 
-    fn end(&mut self, why: String) -> Change {
+    /// Closes it; `became_live`: it went live during the same wake-up.
+    fn end(&mut self, why: String, became_live: bool) -> Change {
         if let Some(stream) = self.stream.as_mut() {
             let _ = write_some(stream, &self.out); // a close reply, say; best effort
         }
@@ -361,10 +364,10 @@ impl Sub {
         self.socket = None;
         self.head = Vec::new();
         self.sse = SseBody::default();
-        if was == Phase::Live {
-            Change::Closed
-        } else {
-            Change::Failed(why)
+        match (was == Phase::Live, became_live) {
+            (true, true) => Change::LiveThenClosed,
+            (true, false) => Change::Closed,
+            (false, _) => Change::Failed(why),
         }
     }
 
@@ -373,11 +376,11 @@ impl Sub {
         let Some(stream) = self.stream.as_mut() else {
             return Change::None;
         };
-        let mut change = Change::None;
+        let mut live = false;
         if self.phase == Phase::Connecting {
             match connected(stream) {
                 Ok(false) => return Change::None,
-                Err(e) => return self.end(e),
+                Err(e) => return self.end(e, live),
                 Ok(true) => {
                     let _ = stream.set_nodelay(true);
                     if ctx.baseline {
@@ -390,7 +393,7 @@ impl Sub {
                                 Some(ws_config()),
                             )));
                         }
-                        change = Change::Live;
+                        live = true;
                     } else {
                         self.out = if self.ws {
                             wire::ws_request(&ctx.host)
@@ -404,17 +407,17 @@ impl Sub {
         }
         while let Some(stream) = self.stream.as_mut() {
             let n = match stream.read(scratch) {
-                Ok(0) => return self.end("closed by the server".into()),
+                Ok(0) => return self.end("closed by the server".into(), live),
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return self.end(e.to_string()),
+                Err(e) => return self.end(e.to_string(), live),
             };
             let now = Instant::now();
             match self.feed(&scratch[..n], ctx, tally, now) {
-                Ok(true) => change = Change::Live,
+                Ok(true) => live = true,
                 Ok(false) => {}
-                Err(why) => return self.end(why),
+                Err(why) => return self.end(why, live),
             }
             // A short read emptied the socket: data that arrives later raises a new edge
             // (epoll signals every arrival), so the read that would say WouldBlock is saved,
@@ -427,11 +430,15 @@ impl Sub {
             if !self.out.is_empty() {
                 match write_some(stream, &self.out) {
                     Ok(n) => drop(self.out.drain(..n)),
-                    Err(e) => return self.end(e.to_string()),
+                    Err(e) => return self.end(e.to_string(), live),
                 }
             }
         }
-        change
+        if live {
+            Change::Live
+        } else {
+            Change::None
+        }
     }
 
     /// Takes bytes read from the socket; `Ok(true)` when that made the subscriber live.
@@ -939,7 +946,7 @@ pub fn run(o: &Options, progress: bool) -> Result<Outcome, String> {
                         let waiting =
                             matches!(sub.phase, Phase::Connecting | Phase::Head | Phase::Joining);
                         if waiting && now.duration_since(sub.since) > CONNECT_TIMEOUT {
-                            sub.end(String::new());
+                            sub.end(String::new(), false);
                             in_flight -= 1;
                             failed += 1;
                             first_failure.get_or_insert(format!(
@@ -1003,7 +1010,7 @@ pub fn run(o: &Options, progress: bool) -> Result<Outcome, String> {
                     // The stalled subscribers read what is left of their streams now.
                     for i in 0..o.stalled.min(subs.len()) {
                         let change = subs[i].service(&ctx, &mut tally, &mut scratch);
-                        if let Change::Closed = change {
+                        if let Change::Closed | Change::LiveThenClosed = change {
                             disconnected += 1;
                             finish(&mut subs[i].track, &mut tally);
                         }
@@ -1090,6 +1097,11 @@ pub fn run(o: &Options, progress: bool) -> Result<Outcome, String> {
                         Change::Closed => {
                             disconnected += 1;
                             finish(&mut sub.track, &mut tally);
+                        }
+                        Change::LiveThenClosed => {
+                            in_flight -= 1;
+                            ready += 1;
+                            disconnected += 1;
                         }
                     }
                 }

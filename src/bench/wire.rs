@@ -4,8 +4,9 @@
 //! sockets and no clock here.
 
 use std::io::{self, Read, Write};
+use std::sync::LazyLock;
 
-use memchr::memmem;
+use memchr::memmem::{self, Finder};
 
 /// The event name every benchmark message carries.
 pub const EVENT: &str = "bench";
@@ -87,8 +88,13 @@ pub enum Item {
     Other,
 }
 
-fn number_after(hay: &[u8], key: &[u8]) -> Option<u64> {
-    let at = memmem::find(hay, key)? + key.len();
+/// Searchers built once: the stamp is looked for in every delivered copy.
+static SEQ: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"seq\":"));
+static SENT: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"t\":"));
+static BLANK_LINE: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\n\n"));
+
+fn number_after(hay: &[u8], key: &Finder<'_>) -> Option<u64> {
+    let at = key.find(hay)? + key.needle().len();
     let digits = hay[at..].iter().take_while(|b| b.is_ascii_digit()).count();
     std::str::from_utf8(&hay[at..at + digits])
         .ok()?
@@ -99,17 +105,17 @@ fn number_after(hay: &[u8], key: &[u8]) -> Option<u64> {
 /// Classifies a WebSocket text message or an SSE block (the whole block: its `event:` line and
 /// its `data:` lines).
 pub fn classify(msg: &[u8]) -> Item {
-    if let Some(seq) = number_after(msg, b"\"seq\":") {
-        if let Some(t) = number_after(msg, b"\"t\":") {
+    if let Some(seq) = number_after(msg, &SEQ) {
+        if let Some(t) = number_after(msg, &SENT) {
             return Item::Stamp(seq, t);
         }
     }
-    if let Some(n) = number_after(msg, b"\"dropped\":") {
+    if let Some(n) = number_after(msg, &Finder::new(b"\"dropped\":")) {
         return Item::Dropped(n); // SSE: event: dropped, data: {"dropped":N}
     }
     let kind = |k: &[u8]| memmem::find(msg, k).is_some();
     if kind(b"\"type\":\"dropped\"") {
-        return Item::Dropped(number_after(msg, b"\"count\":").unwrap_or(0));
+        return Item::Dropped(number_after(msg, &Finder::new(b"\"count\":")).unwrap_or(0));
     }
     if kind(b"\"type\":\"joined\"") {
         return Item::Joined;
@@ -284,8 +290,7 @@ impl SseBody {
             }
             None => self.buf.extend_from_slice(input),
         }
-        let finder = memmem::Finder::new(b"\n\n");
-        while let Some(at) = finder.find(&self.buf[self.scan..]) {
+        while let Some(at) = BLANK_LINE.find(&self.buf[self.scan..]) {
             let end = self.scan + at + 2;
             block(&self.buf[self.start..end]);
             self.start = end;
