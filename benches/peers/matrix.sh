@@ -102,6 +102,10 @@ start_server() {
 # ---- the matrix
 for server in $SERVERS; do
     for n in $NS; do
+        if [ "$server" = baseline ] && ((2 * n + 32 > limit)); then
+            step "baseline: N=$n skipped: it needs $((2 * n + 32)) descriptors, the limit is $limit"
+            continue
+        fi
         for rate in $RATES; do
             messages=$((rate * SECS))
             # Connecting at 2,000/s, a second of warm-up, the messages, the drain, with room.
@@ -109,10 +113,7 @@ for server in $SERVERS; do
             for run in $(seq "$RUNS"); do
                 # A fresh server for every run: its RSS per idle connection is measured from a
                 # clean process, and no run inherits another's memory or history.
-                if [ "$server" = baseline ] && ((2 * n + 32 > limit)); then
-                    step "baseline: N=$n skipped: it needs $((2 * n + 32)) descriptors, the limit is $limit"
-                    continue
-                elif [ "$server" = baseline ]; then
+                if [ "$server" = baseline ]; then
                     target=(--baseline)
                 else
                     start_server "$server" "$n"

@@ -324,7 +324,52 @@ fn escape(s: &str) -> String {
         .replace('"', "&quot;")
 }
 
-/// An SVG plot of `series`: latency (ms, linear) against percentile on a log "nines" axis.
+/// The latency axis: linear from 0, or logarithmic over whole decades when the curves span
+/// more than two of them (an overloaded server next to a fast one).
+enum YAxis {
+    Linear { max: f64, step: f64 },
+    Log { low: i32, high: i32 },
+}
+
+impl YAxis {
+    fn fit(min_ms: f64, max_ms: f64) -> YAxis {
+        if min_ms > 0.0 && max_ms / min_ms > 100.0 {
+            YAxis::Log {
+                low: min_ms.log10().floor() as i32,
+                high: (max_ms.log10().ceil() as i32).max(min_ms.log10().floor() as i32 + 1),
+            }
+        } else {
+            let step = nice_step(max_ms);
+            YAxis::Linear {
+                max: (max_ms / step).ceil().max(1.0) * step,
+                step,
+            }
+        }
+    }
+
+    /// Where `v` stands, from 0 (bottom) to 1 (top).
+    fn frac(&self, v: f64) -> f64 {
+        match *self {
+            YAxis::Linear { max, .. } => v / max,
+            YAxis::Log { low, high } => {
+                (v.max(10f64.powi(low)).log10() - f64::from(low)) / f64::from(high - low)
+            }
+        }
+    }
+
+    /// The values with a grid line and a label.
+    fn ticks(&self) -> Vec<f64> {
+        match *self {
+            YAxis::Linear { max, step } => (0..)
+                .map(|i| f64::from(i) * step)
+                .take_while(|v| *v <= max + step / 2.0)
+                .collect(),
+            YAxis::Log { low, high } => (low..=high).map(|e| 10f64.powi(e)).collect(),
+        }
+    }
+}
+
+/// An SVG plot of `series`: latency (ms) against percentile on a log "nines" axis.
 pub fn svg(title: &str, series: &[Series]) -> String {
     let (w, h) = (760.0, 440.0);
     let (left, right, top, bottom) = (70.0, 190.0, 40.0, 50.0);
@@ -337,11 +382,14 @@ pub fn svg(title: &str, series: &[Series]) -> String {
         .sub(1e-9)
         .ceil()
         .min(9.0);
-    let max_ms = all.map(|(_, v)| *v).fold(0.0f64, f64::max);
-    let step = nice_step(max_ms);
-    let max_y = (max_ms / step).ceil().max(1.0) * step;
+    let max_ms = all.clone().map(|(_, v)| *v).fold(0.0f64, f64::max);
+    let min_ms = all
+        .map(|(_, v)| *v)
+        .filter(|v| *v > 0.0)
+        .fold(f64::INFINITY, f64::min);
+    let axis = YAxis::fit(min_ms, max_ms);
     let x = |q: f64| left + nines(q).min(max_x) / max_x * pw;
-    let y = |v: f64| top + ph - v / max_y * ph;
+    let y = |v: f64| top + ph - axis.frac(v) * ph;
 
     let mut s = String::new();
     let _ = writeln!(
@@ -369,8 +417,7 @@ pub fn svg(title: &str, series: &[Series]) -> String {
             top + ph + 18.0
         );
     }
-    let mut v = 0.0;
-    while v <= max_y + step / 2.0 {
+    for v in axis.ticks() {
         let gy = y(v);
         let _ = writeln!(
             s,
@@ -380,7 +427,6 @@ pub fn svg(title: &str, series: &[Series]) -> String {
             gy + 4.0,
             trim_float(v)
         );
-        v += step;
     }
     let _ = writeln!(
         s,
@@ -479,6 +525,17 @@ mod tests {
         assert_eq!(s.matches("<path ").count(), 2);
         assert!(s.contains("a &lt;title&gt;") && s.contains("two &amp; more"));
         assert!(s.contains(">99.9%<"));
+        assert!(s.contains(">7<") || s.contains(">8<"), "a linear axis: {s}");
+
+        // Curves three decades apart: a log axis with a line per decade.
+        let wide = [Series {
+            label: "wide".into(),
+            points: vec![(0.0, 0.2), (0.99, 9000.0)],
+        }];
+        let s = svg("wide", &wide);
+        for decade in [">0.1<", ">1<", ">10<", ">100<", ">1000<", ">10000<"] {
+            assert!(s.contains(decade), "{decade} in {s}");
+        }
     }
 
     #[test]
