@@ -17,7 +17,7 @@ mcp-stream: a single-threaded streaming server (Server-Sent Events, WebSocket, M
 USAGE:
     mcp-stream [serve] [OPTIONS]
     mcp-stream features list|enable NAME|disable NAME [--server URL] [--token TOKEN]
-    mcp-stream bench ...
+    mcp-stream bench [OPTIONS]   (latency benchmark; mcp-stream bench --help)
     mcp-stream --help | --version
 
 SERVE OPTIONS:

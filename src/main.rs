@@ -11,6 +11,8 @@ use mcp_stream::cli::{self, Command, FeaturesAction, ServeArgs};
 use mcp_stream::config::Config;
 use mcp_stream::Server;
 
+mod bench;
+
 fn main() -> ExitCode {
     match cli::parse(std::env::args().skip(1)) {
         Ok(Command::Serve(args)) => serve(&args),
@@ -27,7 +29,7 @@ fn main() -> ExitCode {
             server,
             token,
         }) => features(&action, &server, token),
-        Ok(Command::Bench(_)) => usage_error("`bench` is not in this build yet"),
+        Ok(Command::Bench(args)) => bench::main(&args),
         Err(e) => usage_error(&e.to_string()),
     }
 }
