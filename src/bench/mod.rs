@@ -20,9 +20,12 @@ use std::process::ExitCode;
 
 use options::Parsed;
 
-/// Runs `mcp-stream bench ARGS`: 0 after a run, 1 when the run could not be made, 2 for a bad
-/// option.
+/// Runs `mcp-stream bench ARGS`: 0 after a run, 1 when the run could not be made or stopped
+/// before its first message, 2 for a bad option.
 pub fn main(args: &[String]) -> ExitCode {
+    if args.first().map(String::as_str) == Some("--baseline-writer") {
+        return baseline::writer_main(); // the other half of --baseline (not in the help)
+    }
     if args.first().map(String::as_str) == Some("plot") {
         return match plot_runs(&args[1..]) {
             Ok(()) => ExitCode::SUCCESS,
@@ -80,6 +83,9 @@ pub fn main(args: &[String]) -> ExitCode {
         }
     }
     let text = if o.json {
+        if let Some(w) = outcome.saturation_warning() {
+            eprintln!("mcp-stream bench: warning: {w}");
+        }
         format!("{}\n", report::to_json(&o, &outcome))
     } else {
         report::to_text(&o, &outcome)

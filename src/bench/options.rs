@@ -48,9 +48,13 @@ OPTIONS:
     -h, --help             print this help
 
 Every option takes its value as `--option VALUE` or `--option=VALUE`. Raise `ulimit -n` above
-N + 16 (2N + 16 with --baseline) yourself; running out of descriptors stops the run and says so.
-Exit status: 0 after a run (loss is reported, not an error), 1 when the run could not be made,
-2 for a bad option.
+N + 16 yourself (with --baseline too: its writer is a child process holding the other N ends);
+running out of descriptors stops the run and says so.
+The report gives the tool's own load (`tool busy`: the share of time its loop spent outside
+poll from the first message on) and warns when it passes 80% or the publisher slipped over 1 ms
+at p99: the figures are then the tool's limit, not the server's.
+Exit status: 0 after a run (loss is reported, not an error), 1 when the run could not be made
+or stopped before its first message (--duration while connecting, say), 2 for a bad option.
 ";
 
 /// Which protocol the subscribers speak.
@@ -263,13 +267,10 @@ pub fn parse(args: &[String]) -> Result<Parsed, String> {
                 name,
             )?,
             "--topic" => {
-                let ok = (1..=128).contains(&value.len())
-                    && value
-                        .bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b"_.:/-".contains(&b));
-                if !ok {
+                if !mcp_stream::proto::hub::valid_topic(value) {
                     return Err(format!(
-                        "invalid --topic \"{value}\" (1-128 bytes of A-Z a-z 0-9 _ . : / -)"
+                        "invalid --topic \"{value}\" (1-{} bytes of A-Z a-z 0-9 _ . : / -)",
+                        mcp_stream::proto::hub::MAX_TOPIC_BYTES
                     ));
                 }
                 once(&mut topic, value.to_string(), name)?;

@@ -10,15 +10,16 @@ use serde_json::{json, Value};
 
 use super::options::Options;
 
-/// The server's resident memory at three moments, in KiB.
+/// The server's resident memory at three moments, in KiB; `None` where it could not be read
+/// (the process had gone, or the run never settled).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Rss {
     /// Before any subscriber connected.
     pub before: u64,
     /// With every subscriber connected and idle.
-    pub connected: u64,
+    pub connected: Option<u64>,
     /// After the last message (before the connections close).
-    pub end: u64,
+    pub end: Option<u64>,
 }
 
 /// Everything one run measured. Latencies are in nanoseconds.
@@ -26,6 +27,8 @@ pub struct Rss {
 pub struct Outcome {
     /// Subscribers that connected (and joined).
     pub connected: usize,
+    /// Of them, those still connected when publishing started: their copies are expected.
+    pub counted: usize,
     /// Subscribers that did not.
     pub connect_failures: usize,
     /// Why the first of them failed.
@@ -54,6 +57,11 @@ pub struct Outcome {
     pub server_dropped: u64,
     /// Subscribers whose connection ended during the run.
     pub disconnected: usize,
+    /// Of them, `--stalled` ones.
+    pub stalled_disconnected: usize,
+    /// How busy the tool's own loop was from the first message on: the share of wall time
+    /// spent outside `poll`, in percent.
+    pub tool_busy_percent: Option<f64>,
     /// Latency of every delivered copy from its message's intended send time.
     pub latency: Histogram<u64>,
     /// The same from the actual send time.
@@ -86,9 +94,37 @@ impl Outcome {
     }
 }
 
-/// A new latency histogram: 1 ns to one hour, three significant digits.
-pub fn histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, 3_600_000_000_000, 3).expect("valid bounds")
+/// A new latency histogram for a run bounded by `duration`: 1 ns to `duration` plus a second,
+/// three significant digits. No latency measured in such a run can pass that, so nothing is
+/// clamped.
+pub fn histogram(duration: std::time::Duration) -> Histogram<u64> {
+    let high = (duration.as_nanos() as u64)
+        .saturating_add(1_000_000_000)
+        .max(2);
+    Histogram::new_with_bounds(1, high, 3).expect("valid bounds")
+}
+
+/// Above this share of busy time, the tool's loop rather than the server may set the figures.
+pub const BUSY_WARNING_PERCENT: f64 = 80.0;
+/// Above this publisher slip at p99 (ns), the same.
+pub const SLIP_WARNING_NS: u64 = 1_000_000;
+
+impl Outcome {
+    /// Why the figures may be the tool's limit rather than the server's, if they may.
+    pub fn saturation_warning(&self) -> Option<String> {
+        let busy = self.tool_busy_percent.unwrap_or(0.0);
+        let slip = (!self.slip.is_empty()).then(|| self.slip.value_at_quantile(0.99));
+        if busy > BUSY_WARNING_PERCENT || slip.is_some_and(|s| s > SLIP_WARNING_NS) {
+            Some(format!(
+                "the tool's loop was busy {busy:.0}% of the time and the publisher slipped {:.3} ms at p99: \
+                 these figures may be the tool's limit, not the server's (over {BUSY_WARNING_PERCENT:.0}% or {} ms)",
+                slip.map_or(0.0, ms),
+                SLIP_WARNING_NS as f64 / 1e6
+            ))
+        } else {
+            None
+        }
+    }
 }
 
 fn ms(ns: u64) -> f64 {
@@ -134,7 +170,7 @@ pub fn curve(h: &Histogram<u64>) -> Vec<(f64, f64)> {
 
 /// The JSON object of `--json`.
 pub fn to_json(o: &Options, out: &Outcome) -> Value {
-    json!({
+    let mut v = json!({
         "tool": "mcp-stream bench",
         "version": env!("CARGO_PKG_VERSION"),
         "target": if o.baseline { "baseline".to_string() } else { o.url.clone() },
@@ -173,14 +209,22 @@ pub fn to_json(o: &Options, out: &Outcome) -> Value {
             "before": r.before,
             "connected": r.connected,
             "end": r.end,
-            "per_connection_bytes": per_connection_bytes(r, out.connected),
+            "per_connection_bytes": per_connection_bytes(r, out.counted),
         })),
         "percentiles": curve(&out.latency).iter().map(|(q, v)| json!([q, v])).collect::<Vec<_>>(),
-    })
+    });
+    v["subscribers_counted"] = json!(out.counted);
+    v["stalled_disconnected"] = json!(out.stalled_disconnected);
+    v["tool_busy_percent"] = json!(out.tool_busy_percent);
+    v["tool_saturation_warning"] = json!(out.saturation_warning());
+    v
 }
 
-fn per_connection_bytes(r: Rss, connected: usize) -> Option<f64> {
-    (connected > 0).then(|| (r.connected as f64 - r.before as f64) * 1024.0 / connected as f64)
+/// The server's growth per subscriber counted, from the reading taken with all of them
+/// connected and idle; none without that reading.
+fn per_connection_bytes(r: Rss, counted: usize) -> Option<f64> {
+    let connected = r.connected?;
+    (counted > 0).then(|| (connected as f64 - r.before as f64) * 1024.0 / counted as f64)
 }
 
 fn line(h: &Histogram<u64>) -> String {
@@ -254,8 +298,8 @@ pub fn to_text(o: &Options, out: &Outcome) -> String {
             &mut s,
             "server dropped",
             format!(
-                "{} events (drop notices); {} subscribers disconnected",
-                out.server_dropped, out.disconnected
+                "{} events (drop notices); {} subscribers disconnected ({} of them stalled)",
+                out.server_dropped, out.disconnected, out.stalled_disconnected
             ),
         );
     }
@@ -268,7 +312,7 @@ pub fn to_text(o: &Options, out: &Outcome) -> String {
     row(&mut s, "  from send", line(&out.from_send));
     row(&mut s, "publisher slip", line(&out.slip));
     if let Some(r) = out.rss {
-        let per = per_connection_bytes(r, out.connected)
+        let per = per_connection_bytes(r, out.counted)
             .map(|b| format!(" ({:.2} KiB per connection)", b / 1024.0))
             .unwrap_or_default();
         row(
@@ -277,10 +321,20 @@ pub fn to_text(o: &Options, out: &Outcome) -> String {
             format!(
                 "{} before, {} connected{per}, {} at the end",
                 mib(r.before),
-                mib(r.connected),
-                mib(r.end)
+                r.connected.map_or("?".to_string(), mib),
+                r.end.map_or("?".to_string(), mib)
             ),
         );
+    }
+    if let Some(busy) = out.tool_busy_percent {
+        row(
+            &mut s,
+            "tool busy",
+            format!("{busy:.0}% of the time from the first message (outside poll)"),
+        );
+    }
+    if let Some(w) = out.saturation_warning() {
+        row(&mut s, "warning", w);
     }
     if let Some(why) = &out.stopped_early {
         row(&mut s, "stopped early", why.clone());
@@ -486,10 +540,32 @@ fn trim_float(v: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn rss_per_connection_needs_the_settled_reading_and_counted_subscribers() {
+        let r = |connected| Rss {
+            before: 1000,
+            connected,
+            end: None,
+        };
+        assert_eq!(per_connection_bytes(r(None), 10), None);
+        assert_eq!(per_connection_bytes(r(Some(2000)), 0), None);
+        assert_eq!(per_connection_bytes(r(Some(2000)), 8), Some(128_000.0));
+    }
+
+    #[test]
+    fn the_histogram_holds_the_longest_latency_of_its_run() {
+        // A run of two hours (past the fixed hour it once had) and one of a few seconds.
+        for run in [Duration::from_secs(7200), Duration::from_secs(8)] {
+            let mut h = histogram(run);
+            h.record(run.as_nanos() as u64 + 999_000_000).unwrap();
+        }
+    }
 
     #[test]
     fn the_curve_rises_to_the_maximum() {
-        let mut h = histogram();
+        let mut h = histogram(std::time::Duration::from_secs(60));
         for v in 1..=10_000u64 {
             h.record(v * 1000).unwrap();
         }
@@ -498,12 +574,12 @@ mod tests {
         let (q, v) = *c.last().unwrap();
         assert!((q - 0.9999).abs() < 1e-9);
         assert!((v - 10.0).abs() < 0.01, "{v}");
-        assert!(curve(&histogram()).is_empty());
+        assert!(curve(&histogram(std::time::Duration::from_secs(60))).is_empty());
     }
 
     #[test]
     fn the_plot_is_an_svg_with_a_path_per_series() {
-        let mut h = histogram();
+        let mut h = histogram(std::time::Duration::from_secs(60));
         for v in [1_000_000, 2_000_000, 3_000_000] {
             h.record(v).unwrap();
         }

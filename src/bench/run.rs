@@ -10,6 +10,12 @@
 //! Each copy is timed when the read that brought it returns: latency from the intended send
 //! time goes into one histogram, latency from the send time stamped in the message into
 //! another, and the publisher's lateness into a third.
+//!
+//! Work per wake-up is bounded: each connection reads at most [`READ_BUDGET`] bytes, and one
+//! with more to read waits on a ready list for the next turn of the loop (whose poll then does
+//! not sleep), so a peer flooding bytes cannot starve the others or hold the run past
+//! `--duration`. The time the loop spends outside `poll` from the first message on is the
+//! tool's own load, reported as `tool_busy_percent`.
 
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -19,16 +25,17 @@ use hdrhistogram::Histogram;
 use mio::net::TcpStream;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
+use rustix::io::Errno;
 use tungstenite::protocol::{Role, WebSocket, WebSocketConfig};
 use tungstenite::Message;
 
-use mcp_stream::proto::sse::event_block;
-use mcp_stream::proto::ws::text_frame;
+use mcp_stream::proto::hub::{Event, EventId};
+use mcp_stream::proto::ws::Memory;
 
 use super::baseline::Baseline;
 use super::options::{Options, PublisherKind, MAX_PAYLOAD};
 use super::report::{histogram, Outcome, Rss};
-use super::wire::{self, Answers, Item, Mem, SseBody};
+use super::wire::{self, Answers, Item, SseBody};
 
 const PUBLISHER: Token = Token(usize::MAX - 1);
 const TIMER: Token = Token(usize::MAX - 2);
@@ -60,7 +67,7 @@ pub fn write_some<W: Write>(stream: &mut W, bytes: &[u8]) -> io::Result<usize> {
 
 /// Whether `e` means this process (or the system) ran out of file descriptors.
 fn out_of_fds(e: &io::Error) -> bool {
-    matches!(e.raw_os_error(), Some(24 | 23)) // EMFILE, ENFILE
+    matches!(Errno::from_io_error(e), Some(Errno::MFILE | Errno::NFILE))
 }
 
 /// The soft open-file limit.
@@ -226,7 +233,10 @@ impl Tally {
                 .saturating_record(now_ns.saturating_sub(sent_ns).max(1));
         }
         self.delivered += 1;
-        self.last = Some(now);
+        if !track.stalled {
+            // The throughput window ends at the last copy that went at the server's pace.
+            self.last = Some(now);
+        }
         track.got += 1;
         if (track.got == self.measured || seq + 1 == self.clock.total)
             && track.counted
@@ -266,21 +276,27 @@ struct Sub {
     since: Instant,
     head: Vec<u8>,
     sse: SseBody,
-    socket: Option<Box<WebSocket<Mem>>>,
+    socket: Option<Box<WebSocket<Memory>>>,
     out: Vec<u8>,
     track: Track,
+    /// It went live (whatever it is now).
+    live_once: bool,
+    /// [`Ctx::seen_words`], for a WebSocket that goes live inside a pump.
+    seen_words: usize,
 }
 
-/// What servicing a subscriber changed.
-enum Change {
-    None,
-    Live,
-    /// It ended before it was live: a connect failure.
-    Failed(String),
-    /// It ended after it was live.
-    Closed,
-    /// It went live and ended in the same wake-up.
-    LiveThenClosed,
+/// Bytes one subscriber (or the publisher) may read per wake-up; one with more to read goes
+/// on the ready list, so that a peer flooding bytes neither starves the others nor holds the
+/// loop past `--duration`.
+const READ_BUDGET: usize = 4 * 64 * 1024;
+
+/// What servicing a connection did.
+#[derive(Default)]
+struct Serviced {
+    /// Why it ended, if it did.
+    ended: Option<String>,
+    /// It stopped at [`READ_BUDGET`] with more to read.
+    more: bool,
 }
 
 /// `Ok(true)` once a non-blocking connect has completed, `Ok(false)` while it is under way.
@@ -306,7 +322,7 @@ fn ws_config() -> WebSocketConfig {
 /// Reads a client WebSocket's parsed messages; `on` gets each text. Pongs and close replies
 /// tungstenite queues go to `out`.
 fn pump_ws(
-    socket: &mut WebSocket<Mem>,
+    socket: &mut WebSocket<Memory>,
     out: &mut Vec<u8>,
     mut on: impl FnMut(&[u8]) -> Result<(), String>,
 ) -> Result<(), String> {
@@ -349,51 +365,55 @@ impl Sub {
             socket: None,
             out: Vec::new(),
             track: Track::default(),
+            live_once: false,
+            seen_words: 0,
         }
     }
 
-    /// Closes it; `became_live`: it went live during the same wake-up.
-    fn end(&mut self, why: String, became_live: bool) -> Change {
+    /// Closes it.
+    fn end(&mut self, why: String) -> Serviced {
         if let Some(stream) = self.stream.as_mut() {
             let _ = write_some(stream, &self.out); // a close reply, say; best effort
         }
         self.out = Vec::new();
-        let was = self.phase;
         self.phase = Phase::Closed;
         self.stream = None;
         self.socket = None;
         self.head = Vec::new();
         self.sse = SseBody::default();
-        match (was == Phase::Live, became_live) {
-            (true, true) => Change::LiveThenClosed,
-            (true, false) => Change::Closed,
-            (false, _) => Change::Failed(why),
+        Serviced {
+            ended: Some(why),
+            more: false,
         }
     }
 
-    /// Handles a readiness event.
-    fn service(&mut self, ctx: &Ctx, tally: &mut Tally, scratch: &mut [u8]) -> Change {
+    /// Makes it live: from now on its copies are tracked.
+    fn go_live(&mut self, ctx: &Ctx) {
+        self.phase = Phase::Live;
+        self.live_once = true;
+        self.track.seen = vec![0; ctx.seen_words];
+    }
+
+    /// Handles a readiness event, reading at most [`READ_BUDGET`] bytes.
+    fn service(&mut self, ctx: &Ctx, tally: &mut Tally, scratch: &mut [u8]) -> Serviced {
         let Some(stream) = self.stream.as_mut() else {
-            return Change::None;
+            return Serviced::default();
         };
-        let mut live = false;
         if self.phase == Phase::Connecting {
             match connected(stream) {
-                Ok(false) => return Change::None,
-                Err(e) => return self.end(e, live),
+                Ok(false) => return Serviced::default(),
+                Err(e) => return self.end(e),
                 Ok(true) => {
                     let _ = stream.set_nodelay(true);
                     if ctx.baseline {
-                        self.phase = Phase::Live;
-                        self.track.seen = vec![0; ctx.seen_words];
+                        self.go_live(ctx);
                         if self.ws {
                             self.socket = Some(Box::new(WebSocket::from_raw_socket(
-                                Mem::default(),
+                                Memory::default(),
                                 Role::Client,
                                 Some(ws_config()),
                             )));
                         }
-                        live = true;
                     } else {
                         self.out = if self.ws {
                             wire::ws_request(&ctx.host)
@@ -405,24 +425,30 @@ impl Sub {
                 }
             }
         }
+        let mut budget = READ_BUDGET;
+        let mut more = false;
         while let Some(stream) = self.stream.as_mut() {
-            let n = match stream.read(scratch) {
-                Ok(0) => return self.end("closed by the server".into(), live),
+            if budget == 0 {
+                more = true;
+                break;
+            }
+            let want = budget.min(scratch.len());
+            let n = match stream.read(&mut scratch[..want]) {
+                Ok(0) => return self.end("closed by the server".into()),
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return self.end(e.to_string(), live),
+                Err(e) => return self.end(e.to_string()),
             };
+            budget -= n;
             let now = Instant::now();
-            match self.feed(&scratch[..n], ctx, tally, now) {
-                Ok(true) => live = true,
-                Ok(false) => {}
-                Err(why) => return self.end(why, live),
+            if let Err(why) = self.feed(&scratch[..n], ctx, tally, now) {
+                return self.end(why);
             }
             // A short read emptied the socket: data that arrives later raises a new edge
             // (epoll signals every arrival), so the read that would say WouldBlock is saved,
             // half of the syscalls when every wake-up brings one copy.
-            if n < scratch.len() {
+            if n < want {
                 break;
             }
         }
@@ -430,15 +456,11 @@ impl Sub {
             if !self.out.is_empty() {
                 match write_some(stream, &self.out) {
                     Ok(n) => drop(self.out.drain(..n)),
-                    Err(e) => return self.end(e.to_string(), live),
+                    Err(e) => return self.end(e.to_string()),
                 }
             }
         }
-        if live {
-            Change::Live
-        } else {
-            Change::None
-        }
+        Serviced { ended: None, more }
     }
 
     /// Takes bytes read from the socket; `Ok(true)` when that made the subscriber live.
@@ -471,7 +493,7 @@ impl Sub {
                 self.head = Vec::new();
                 if self.ws {
                     let mut socket = Box::new(WebSocket::from_partially_read(
-                        Mem::default(),
+                        Memory::default(),
                         rest,
                         Role::Client,
                         Some(ws_config()),
@@ -481,11 +503,11 @@ impl Sub {
                         .map_err(|e| format!("WebSocket: {e}"))?;
                     self.socket = Some(socket);
                     self.phase = Phase::Joining;
+                    self.seen_words = ctx.seen_words;
                     self.pump(tally, now)
                 } else {
                     self.sse = SseBody::new(head.chunked);
-                    self.phase = Phase::Live;
-                    self.track.seen = vec![0; ctx.seen_words];
+                    self.go_live(ctx);
                     self.feed(&rest, ctx, tally, now)?;
                     Ok(true)
                 }
@@ -499,14 +521,9 @@ impl Sub {
             }
             Phase::Live | Phase::Joining => {
                 if let Some(s) = self.socket.as_mut() {
-                    s.get_mut().input.extend_from_slice(data);
+                    wire::give(s.get_mut(), data);
                 }
-                let joining = self.phase == Phase::Joining;
-                let live = self.pump(tally, now)?;
-                if joining && live {
-                    self.track.seen = vec![0; ctx.seen_words];
-                }
-                Ok(live)
+                self.pump(tally, now)
             }
             Phase::Connecting | Phase::Closed => Ok(false),
         }
@@ -514,11 +531,13 @@ impl Sub {
 
     /// Runs the WebSocket over what was read; `Ok(true)` when a `joined` made it live.
     fn pump(&mut self, tally: &mut Tally, now: Instant) -> Result<bool, String> {
+        let seen_words = self.seen_words;
         let Sub {
             socket,
             out,
             track,
             phase,
+            live_once,
             ..
         } = self;
         let Some(socket) = socket.as_mut() else {
@@ -528,7 +547,10 @@ impl Sub {
         pump_ws(socket, out, |text| {
             match tally.on_block(track, text, now) {
                 Item::Joined if *phase == Phase::Joining => {
+                    // Live from this message on, even if the same read also closes it.
                     *phase = Phase::Live;
+                    *live_once = true;
+                    track.seen = vec![0; seen_words];
                     live = true;
                 }
                 Item::Error if *phase == Phase::Joining => {
@@ -568,7 +590,7 @@ struct NetPublisher {
     kind: PublisherKind,
     phase: PubPhase,
     head: Vec<u8>,
-    socket: Option<Box<WebSocket<Mem>>>,
+    socket: Option<Box<WebSocket<Memory>>>,
     out: Vec<u8>,
     answers: Answers,
     /// Why it closed.
@@ -582,14 +604,19 @@ impl NetPublisher {
         self.closed.get_or_insert(why);
     }
 
-    fn service(&mut self, ctx: &Ctx, scratch: &mut [u8]) {
+    /// Handles a readiness event, reading at most [`READ_BUDGET`] bytes; `true` when it
+    /// stopped there with more to read.
+    fn service(&mut self, ctx: &Ctx, scratch: &mut [u8]) -> bool {
         let Some(stream) = self.stream.as_mut() else {
-            return;
+            return false;
         };
         if self.phase == PubPhase::Connecting {
             match connected(stream) {
-                Ok(false) => return,
-                Err(e) => return self.close(format!("cannot connect: {e}")),
+                Ok(false) => return false,
+                Err(e) => {
+                    self.close(format!("cannot connect: {e}"));
+                    return false;
+                }
                 Ok(true) => {
                     let _ = stream.set_nodelay(true);
                     if self.kind == PublisherKind::Ws {
@@ -601,22 +628,38 @@ impl NetPublisher {
                 }
             }
         }
+        let mut budget = READ_BUDGET;
+        let mut more = false;
         loop {
             let Some(stream) = self.stream.as_mut() else {
-                return;
+                return false;
             };
-            let n = match stream.read(scratch) {
-                Ok(0) => return self.close("closed by the server".into()),
+            if budget == 0 {
+                more = true;
+                break;
+            }
+            let want = budget.min(scratch.len());
+            let n = match stream.read(&mut scratch[..want]) {
+                Ok(0) => {
+                    self.close("closed by the server".into());
+                    return false;
+                }
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return self.close(e.to_string()),
+                Err(e) => {
+                    self.close(e.to_string());
+                    return false;
+                }
             };
+            budget -= n;
             if let Err(e) = self.feed(&scratch[..n]) {
-                return self.close(e);
+                self.close(e);
+                return false;
             }
         }
         self.flush();
+        more
     }
 
     fn feed(&mut self, data: &[u8]) -> Result<(), String> {
@@ -631,7 +674,7 @@ impl NetPublisher {
                 }
                 let rest = self.head.split_off(head.len);
                 self.socket = Some(Box::new(WebSocket::from_partially_read(
-                    Mem::default(),
+                    Memory::default(),
                     rest,
                     Role::Client,
                     Some(ws_config()),
@@ -650,7 +693,7 @@ impl NetPublisher {
                 let Some(socket) = self.socket.as_mut() else {
                     return Ok(());
                 };
-                socket.get_mut().input.extend_from_slice(data);
+                wire::give(socket.get_mut(), data);
                 let answers = &mut self.answers;
                 pump_ws(socket, &mut self.out, |text| {
                     match wire::classify(text) {
@@ -722,6 +765,46 @@ impl Stage {
     }
 }
 
+/// Where the subscribers are, counted.
+#[derive(Default)]
+struct Counts {
+    /// Connecting, or waiting for their answer or `joined`.
+    in_flight: usize,
+    /// Went live.
+    ready: usize,
+    /// Ended before they went live.
+    failed: usize,
+    /// Ended after they went live.
+    disconnected: usize,
+    /// Of them, `--stalled` ones.
+    stalled_disconnected: usize,
+    first_failure: Option<String>,
+}
+
+impl Counts {
+    /// Counts what one service did to `sub`, from its phase `before` it: a subscriber can go
+    /// live and end in the same read, so the phases are compared, not the last change.
+    fn account(&mut self, before: Phase, sub: &mut Sub, ended: Option<String>, tally: &mut Tally) {
+        let waiting = |p| matches!(p, Phase::Connecting | Phase::Head | Phase::Joining);
+        if waiting(before) && !waiting(sub.phase) {
+            self.in_flight -= 1;
+            if sub.live_once {
+                self.ready += 1;
+            } else {
+                self.failed += 1;
+                if let Some(why) = ended {
+                    self.first_failure.get_or_insert(why);
+                }
+            }
+        }
+        if before != Phase::Closed && sub.phase == Phase::Closed && sub.live_once {
+            self.disconnected += 1;
+            self.stalled_disconnected += usize::from(sub.stalled);
+            finish(&mut sub.track, tally);
+        }
+    }
+}
+
 /// A subscriber that closed: nothing more to wait for from it.
 fn finish(track: &mut Track, tally: &mut Tally) {
     if track.counted && !track.finished {
@@ -731,7 +814,7 @@ fn finish(track: &mut Track, tally: &mut Tally) {
 }
 
 /// The receive buffer of a `--stalled` subscriber (the kernel doubles it).
-const STALLED_RCVBUF: usize = 65536;
+const STALLED_RCVBUF: usize = 4096;
 
 /// A non-blocking connect with a small receive buffer, set before the handshake so that the
 /// window it advertises stays small.
@@ -745,7 +828,7 @@ fn connect_small(addr: std::net::SocketAddr, rcvbuf: usize) -> io::Result<TcpStr
     socket.set_nonblocking(true)?;
     match socket.connect(&addr.into()) {
         Ok(()) => {}
-        Err(e) if e.raw_os_error() == Some(115) => {} // EINPROGRESS
+        Err(e) if Errno::from_io_error(&e) == Some(Errno::INPROGRESS) => {}
         Err(e) => return Err(e),
     }
     Ok(TcpStream::from_std(socket.into()))
@@ -777,13 +860,14 @@ fn send_due(
         match publisher {
             Publisher::Net(p) => p.send(ctx, &data),
             Publisher::Baseline(b) => {
-                let id = format!("baseline-{sent}");
-                let env = wire::envelope(&ctx.topic, &id, &data);
                 // The very bytes our server writes for this event on each transport.
-                b.publish(
-                    event_block(&id, wire::EVENT, &env),
-                    text_frame(env.as_bytes()),
-                );
+                let id = EventId {
+                    epoch: 1,
+                    seq: *sent + 1,
+                };
+                let topic = ctx.topic.as_str().into();
+                let event = Event::new(id, topic, wire::EVENT, &data, None, now);
+                b.publish(event.sse_bytes(), event.ws_frame());
             }
         }
         *sent += 1;
@@ -794,7 +878,7 @@ fn send_due(
 pub fn run(o: &Options, progress: bool) -> Result<Outcome, String> {
     let epoch = Instant::now();
     let hard_stop = epoch + o.duration;
-    let needed = o.connections as u64 * if o.baseline { 2 } else { 1 } + 16;
+    let needed = o.connections as u64 + 16;
     if let Some(limit) = fd_limit().filter(|l| *l < needed) {
         eprintln!(
             "mcp-stream bench: warning: the open-file limit is {limit}, below the {needed} this run needs: raise it with `ulimit -n`"
@@ -832,14 +916,14 @@ pub fn run(o: &Options, progress: bool) -> Result<Outcome, String> {
         reordered: 0,
         server_dropped: 0,
         finished: 0,
-        latency: histogram(),
-        from_send: histogram(),
+        latency: histogram(o.duration),
+        from_send: histogram(o.duration),
         last: None,
     };
-    let mut slip = histogram();
+    let mut slip = histogram(o.duration);
 
     let mut publisher = if o.baseline {
-        Publisher::Baseline(Baseline::start().map_err(|e| fd_error(&e, "the baseline listener"))?)
+        Publisher::Baseline(Baseline::start()?)
     } else {
         let mut stream =
             TcpStream::connect(o.addr).map_err(|e| fd_error(&e, "the publisher's connect"))?;
@@ -868,8 +952,11 @@ pub fn run(o: &Options, progress: bool) -> Result<Outcome, String> {
     let mut stage = Stage::Connecting;
     let connect_begin = Instant::now();
     let mut connect_secs = 0.0;
-    let (mut in_flight, mut ready, mut failed, mut disconnected) = (0usize, 0usize, 0usize, 0usize);
-    let mut first_failure: Option<String> = None;
+    let mut c = Counts::default();
+    // Subscribers stopped at their read budget, serviced again after the next poll (which
+    // then does not wait); `pub_again` is the same for the publisher.
+    let mut again: Vec<usize> = Vec::new();
+    let mut pub_again = false;
     let mut next_scan = connect_begin;
     let mut next_progress = connect_begin;
     let mut sent = 0u64;
@@ -879,20 +966,38 @@ pub fn run(o: &Options, progress: bool) -> Result<Outcome, String> {
         ..Rss::default()
     });
     let mut stopped_early = None;
+    // The tool's own load from publishing on: time in `poll` against wall time.
+    let mut busy_since: Option<Instant> = None;
+    let mut idle = Duration::ZERO;
 
     loop {
         let now = Instant::now();
         if now >= hard_stop {
-            stopped_early = Some(format!(
+            let why = format!(
                 "--duration {} s reached while {}",
                 o.duration.as_secs_f64(),
                 stage.name()
-            ));
+            );
+            if sent == 0 {
+                // Nothing was measured: not a run.
+                return Err(format!(
+                    "{why} ({} ready, {} failed, {} in flight of {}){}",
+                    c.ready,
+                    c.failed,
+                    c.in_flight,
+                    o.connections,
+                    c.first_failure
+                        .as_deref()
+                        .map(|f| format!("; first failure: {f}"))
+                        .unwrap_or_default()
+                ));
+            }
+            stopped_early = Some(why);
             break;
         }
         match stage {
             Stage::Connecting => {
-                while subs.len() < o.connections && in_flight < MAX_IN_FLIGHT {
+                while subs.len() < o.connections && c.in_flight < MAX_IN_FLIGHT {
                     let due = connect_begin + Duration::from_secs_f64(subs.len() as f64 / o.ramp);
                     if due > now {
                         break;
@@ -923,7 +1028,7 @@ pub fn run(o: &Options, progress: bool) -> Result<Outcome, String> {
                             sub.stalled = stalled;
                             sub.track.stalled = stalled;
                             subs.push(sub);
-                            in_flight += 1;
+                            c.in_flight += 1;
                         }
                         Err(e) if out_of_fds(&e) => {
                             return Err(fd_error(
@@ -935,8 +1040,8 @@ pub fn run(o: &Options, progress: bool) -> Result<Outcome, String> {
                             let mut sub = Sub::new(None, ws, now);
                             sub.phase = Phase::Closed;
                             subs.push(sub);
-                            failed += 1;
-                            first_failure.get_or_insert(e.to_string());
+                            c.failed += 1;
+                            c.first_failure.get_or_insert(e.to_string());
                         }
                     }
                 }
@@ -946,13 +1051,10 @@ pub fn run(o: &Options, progress: bool) -> Result<Outcome, String> {
                         let waiting =
                             matches!(sub.phase, Phase::Connecting | Phase::Head | Phase::Joining);
                         if waiting && now.duration_since(sub.since) > CONNECT_TIMEOUT {
-                            sub.end(String::new(), false);
-                            in_flight -= 1;
-                            failed += 1;
-                            first_failure.get_or_insert(format!(
-                                "no answer within {} s",
-                                CONNECT_TIMEOUT.as_secs()
-                            ));
+                            let before = sub.phase;
+                            let why = format!("no answer within {} s", CONNECT_TIMEOUT.as_secs());
+                            let ended = sub.end(why).ended;
+                            c.account(before, sub, ended, &mut tally);
                         }
                     }
                 }
@@ -967,16 +1069,16 @@ pub fn run(o: &Options, progress: bool) -> Result<Outcome, String> {
                         if let Some(e) = b.error() {
                             return Err(e);
                         }
-                        b.accepted() >= ready + disconnected
+                        b.accepted() >= c.ready
                     }
                 };
-                if subs.len() == o.connections && in_flight == 0 && publisher_ready {
+                if subs.len() == o.connections && c.in_flight == 0 && publisher_ready {
                     connect_secs = now.duration_since(connect_begin).as_secs_f64();
-                    if ready == 0 {
+                    if c.ready == 0 {
                         return Err(format!(
                             "no subscriber connected to {}: {}",
                             o.url,
-                            first_failure.as_deref().unwrap_or("?")
+                            c.first_failure.as_deref().unwrap_or("?")
                         ));
                     }
                     stage = Stage::Settling(now + SETTLE);
@@ -985,13 +1087,14 @@ pub fn run(o: &Options, progress: bool) -> Result<Outcome, String> {
             Stage::Settling(until) => {
                 if now >= until {
                     if let (Some(r), Some(pid)) = (rss.as_mut(), o.pid) {
-                        r.connected = rss_kib(pid).unwrap_or(0);
+                        r.connected = rss_kib(pid);
                     }
                     for sub in subs.iter_mut().filter(|s| s.phase == Phase::Live) {
                         sub.track.counted = true;
                         counted += 1;
                     }
                     tally.clock.start = Some(now + Duration::from_millis(2));
+                    busy_since = Some(now);
                     stage = Stage::Publishing;
                 }
             }
@@ -1008,11 +1111,12 @@ pub fn run(o: &Options, progress: bool) -> Result<Outcome, String> {
                 }
                 if matches!(stage, Stage::Draining(_)) {
                     // The stalled subscribers read what is left of their streams now.
-                    for i in 0..o.stalled.min(subs.len()) {
-                        let change = subs[i].service(&ctx, &mut tally, &mut scratch);
-                        if let Change::Closed | Change::LiveThenClosed = change {
-                            disconnected += 1;
-                            finish(&mut subs[i].track, &mut tally);
+                    for (i, sub) in subs.iter_mut().enumerate().take(o.stalled) {
+                        let before = sub.phase;
+                        let done = sub.service(&ctx, &mut tally, &mut scratch);
+                        c.account(before, sub, done.ended, &mut tally);
+                        if done.more {
+                            again.push(i);
                         }
                     }
                 }
@@ -1028,8 +1132,11 @@ pub fn run(o: &Options, progress: bool) -> Result<Outcome, String> {
             next_progress = now + PROGRESS_EVERY;
             let line = match stage {
                 Stage::Connecting | Stage::Settling(_) => format!(
-                    "{}: {ready} ready, {failed} failed, {in_flight} in flight of {}",
+                    "{}: {} ready, {} failed, {} in flight of {}",
                     stage.name(),
+                    c.ready,
+                    c.failed,
+                    c.in_flight,
                     o.connections
                 ),
                 _ => format!(
@@ -1056,22 +1163,42 @@ pub fn run(o: &Options, progress: bool) -> Result<Outcome, String> {
         if progress {
             wake = wake.min(next_progress);
         }
-        match poll.poll(&mut events, Some(wake.saturating_duration_since(now))) {
+        let timeout = if again.is_empty() && !pub_again {
+            wake.saturating_duration_since(now)
+        } else {
+            Duration::ZERO
+        };
+        let polled = Instant::now();
+        match poll.poll(&mut events, Some(timeout)) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(format!("poll: {e}")),
         }
-        for (n, event) in events.iter().enumerate() {
+        if busy_since.is_some() {
+            idle += polled.elapsed();
+        }
+        let retry = std::mem::take(&mut again);
+        let tokens = events
+            .iter()
+            .map(|e| e.token())
+            .chain(std::mem::take(&mut pub_again).then_some(PUBLISHER))
+            .chain(retry.into_iter().map(Token));
+        for (n, token) in tokens.enumerate() {
             // Reading a thousand sockets takes a while: a message falling due meanwhile goes
-            // out now, not after the last of them.
-            if stage == Stage::Publishing && n % 32 == 31 {
-                send_due(&mut publisher, &ctx, &tally.clock, &mut sent, &mut slip);
+            // out now, not after the last of them; and --duration holds inside the loop too.
+            if n % 32 == 31 {
+                if Instant::now() >= hard_stop {
+                    break;
+                }
+                if stage == Stage::Publishing {
+                    send_due(&mut publisher, &ctx, &tally.clock, &mut sent, &mut slip);
+                }
             }
-            match event.token() {
+            match token {
                 TIMER => timer.fired(),
                 PUBLISHER => {
                     if let Publisher::Net(p) = &mut publisher {
-                        p.service(&ctx, &mut scratch);
+                        pub_again |= p.service(&ctx, &mut scratch);
                     }
                 }
                 Token(i) if i < subs.len() => {
@@ -1079,30 +1206,11 @@ pub fn run(o: &Options, progress: bool) -> Result<Outcome, String> {
                     if sub.stalled && stage == Stage::Publishing && sub.phase == Phase::Live {
                         continue;
                     }
-                    let was_waiting =
-                        matches!(sub.phase, Phase::Connecting | Phase::Head | Phase::Joining);
-                    match sub.service(&ctx, &mut tally, &mut scratch) {
-                        Change::None => {}
-                        Change::Live => {
-                            in_flight -= 1;
-                            ready += 1;
-                        }
-                        Change::Failed(why) => {
-                            if was_waiting {
-                                in_flight -= 1;
-                            }
-                            failed += 1;
-                            first_failure.get_or_insert(why);
-                        }
-                        Change::Closed => {
-                            disconnected += 1;
-                            finish(&mut sub.track, &mut tally);
-                        }
-                        Change::LiveThenClosed => {
-                            in_flight -= 1;
-                            ready += 1;
-                            disconnected += 1;
-                        }
+                    let before = sub.phase;
+                    let done = sub.service(&ctx, &mut tally, &mut scratch);
+                    c.account(before, sub, done.ended, &mut tally);
+                    if done.more {
+                        again.push(i);
                     }
                 }
                 Token(_) => {}
@@ -1112,11 +1220,16 @@ pub fn run(o: &Options, progress: bool) -> Result<Outcome, String> {
     if progress {
         eprint!("\r\x1b[K");
     }
-    if let (Some(r), Some(pid)) = (rss.as_mut(), o.pid) {
-        r.end = rss_kib(pid).unwrap_or(0);
-        if r.connected == 0 {
-            r.connected = r.end;
+    let tool_busy_percent = busy_since.map(|since| {
+        let wall = since.elapsed().as_secs_f64();
+        if wall > 0.0 {
+            (100.0 * (1.0 - idle.as_secs_f64() / wall)).clamp(0.0, 100.0)
+        } else {
+            0.0
         }
+    });
+    if let (Some(r), Some(pid)) = (rss.as_mut(), o.pid) {
+        r.end = rss_kib(pid);
     }
     let (acked, publish_failures, first_publish_failure) = match &publisher {
         Publisher::Net(p) => (
@@ -1133,9 +1246,10 @@ pub fn run(o: &Options, progress: bool) -> Result<Outcome, String> {
         _ => 0.0,
     };
     Ok(Outcome {
-        connected: ready,
-        connect_failures: failed,
-        first_connect_failure: first_failure,
+        connected: c.ready,
+        counted,
+        connect_failures: c.failed,
+        first_connect_failure: c.first_failure,
         connect_secs,
         warmup_sent: sent.min(warmup),
         sent: sent_measured,
@@ -1147,7 +1261,9 @@ pub fn run(o: &Options, progress: bool) -> Result<Outcome, String> {
         duplicates: tally.duplicates,
         reordered: tally.reordered,
         server_dropped: tally.server_dropped,
-        disconnected,
+        disconnected: c.disconnected,
+        stalled_disconnected: c.stalled_disconnected,
+        tool_busy_percent,
         latency: tally.latency,
         from_send: tally.from_send,
         slip,

@@ -3,8 +3,10 @@
 //! bodies, SSE blocks, pipelined publish answers, the stamp inside a delivered event). No
 //! sockets and no clock here.
 
-use std::io::{self, Read, Write};
 use std::sync::LazyLock;
+
+use mcp_stream::proto::http::{BodyDecoder, ChunkState, HttpError};
+use mcp_stream::proto::ws::Memory;
 
 use memchr::memmem::{self, Finder};
 
@@ -64,13 +66,6 @@ pub fn publish_message(topic: &str, data: &str) -> String {
     format!("{{\"type\":\"publish\",\"topic\":\"{topic}\",\"event\":\"{EVENT}\",\"data\":{data}}}")
 }
 
-/// The envelope a server delivers, as the baseline writes it.
-pub fn envelope(topic: &str, id: &str, data: &str) -> String {
-    format!(
-        "{{\"type\":\"event\",\"topic\":\"{topic}\",\"event\":\"{EVENT}\",\"id\":\"{id}\",\"data\":{data}}}"
-    )
-}
-
 /// What one delivered SSE block or WebSocket message is to the benchmark.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Item {
@@ -89,33 +84,47 @@ pub enum Item {
 }
 
 /// Searchers built once: the stamp is looked for in every delivered copy.
+static DATA: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"data\":"));
 static SEQ: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"seq\":"));
 static SENT: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"t\":"));
-static BLANK_LINE: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\n\n"));
+static DROPPED: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"dropped\":"));
+static COUNT: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"count\":"));
 
-fn number_after(hay: &[u8], key: &Finder<'_>) -> Option<u64> {
+/// The number right after the first `key` in `hay`, and where that number ends.
+fn number_after(hay: &[u8], key: &Finder<'_>) -> Option<(u64, usize)> {
     let at = key.find(hay)? + key.needle().len();
     let digits = hay[at..].iter().take_while(|b| b.is_ascii_digit()).count();
-    std::str::from_utf8(&hay[at..at + digits])
+    let n = std::str::from_utf8(&hay[at..at + digits])
         .ok()?
         .parse()
-        .ok()
+        .ok()?;
+    Some((n, at + digits))
+}
+
+/// The bench's stamp: `seq` then `t`, looked for inside the event's `"data":` (the whole
+/// message when there is no such key), so that a server envelope's own `seq` or `t` around
+/// the data is not taken for ours.
+fn stamp(msg: &[u8]) -> Option<(u64, u64)> {
+    let data = DATA
+        .find(msg)
+        .map_or(msg, |at| &msg[at + DATA.needle().len()..]);
+    let (seq, end) = number_after(data, &SEQ)?;
+    let (t, _) = number_after(&data[end..], &SENT)?;
+    Some((seq, t))
 }
 
 /// Classifies a WebSocket text message or an SSE block (the whole block: its `event:` line and
 /// its `data:` lines).
 pub fn classify(msg: &[u8]) -> Item {
-    if let Some(seq) = number_after(msg, &SEQ) {
-        if let Some(t) = number_after(msg, &SENT) {
-            return Item::Stamp(seq, t);
-        }
+    if let Some((seq, t)) = stamp(msg) {
+        return Item::Stamp(seq, t);
     }
-    if let Some(n) = number_after(msg, &Finder::new(b"\"dropped\":")) {
+    if let Some((n, _)) = number_after(msg, &DROPPED) {
         return Item::Dropped(n); // SSE: event: dropped, data: {"dropped":N}
     }
     let kind = |k: &[u8]| memmem::find(msg, k).is_some();
     if kind(b"\"type\":\"dropped\"") {
-        return Item::Dropped(number_after(msg, &Finder::new(b"\"count\":")).unwrap_or(0));
+        return Item::Dropped(number_after(msg, &COUNT).map_or(0, |(n, _)| n));
     }
     if kind(b"\"type\":\"joined\"") {
         return Item::Joined;
@@ -162,7 +171,9 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<Head>, String> {
                 if h.name.eq_ignore_ascii_case("transfer-encoding") {
                     head.chunked = value.contains("chunked");
                 } else if h.name.eq_ignore_ascii_case("content-length") {
-                    head.content_length = value.trim().parse().ok();
+                    let n = value.trim().parse();
+                    head.content_length =
+                        Some(n.map_err(|_| format!("bad Content-Length {:?}", value.trim()))?);
                 } else if h.name.eq_ignore_ascii_case("connection") {
                     head.close = value.split(',').any(|t| t.trim() == "close");
                 }
@@ -177,101 +188,70 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<Head>, String> {
     }
 }
 
-/// Incremental `Transfer-Encoding: chunked` decoding.
-#[derive(Debug, Default)]
-pub struct Dechunk {
-    state: ChunkState,
-    line: Vec<u8>,
-}
+/// The largest body of an answer to a publish (an error message, say).
+pub const MAX_ANSWER_BODY: usize = 64 * 1024;
+/// Bytes of chunk framing (a size line, trailers) held at most.
+const MAX_FRAMING: usize = 4096;
 
-#[derive(Debug, Default, PartialEq)]
-enum ChunkState {
-    /// Reading a size line.
-    #[default]
-    Size,
-    /// Inside a chunk: bytes left.
-    Data(usize),
-    /// The CRLF after a chunk.
-    DataEnd,
-    /// Trailer lines after the last chunk.
-    Trailer,
-    /// The body ended.
-    Done,
+/// A chunked body's decoder and the framing bytes it has not taken yet.
+#[derive(Debug)]
+struct Dechunk {
+    decoder: BodyDecoder,
+    held: Vec<u8>,
+    done: bool,
 }
 
 impl Dechunk {
-    /// Decodes `input`, appending the body bytes to `out`. `Ok(true)` once the body has ended.
-    pub fn feed(&mut self, mut input: &[u8], out: &mut Vec<u8>) -> Result<bool, String> {
-        while !input.is_empty() {
-            match self.state {
-                ChunkState::Size | ChunkState::Trailer => {
-                    let Some(nl) = memchr::memchr(b'\n', input) else {
-                        self.line.extend_from_slice(input);
-                        if self.line.len() > 1024 {
-                            return Err("chunk size line over 1024 bytes".into());
-                        }
-                        return Ok(false);
-                    };
-                    self.line.extend_from_slice(&input[..nl]);
-                    input = &input[nl + 1..];
-                    let line = String::from_utf8_lossy(&self.line).trim().to_string();
-                    self.line.clear();
-                    if self.state == ChunkState::Trailer {
-                        if line.is_empty() {
-                            self.state = ChunkState::Done;
-                        }
-                        continue;
-                    }
-                    let hex = line.split(';').next().unwrap_or("").trim();
-                    let size = usize::from_str_radix(hex, 16)
-                        .map_err(|_| format!("bad chunk size {hex:?}"))?;
-                    self.state = if size == 0 {
-                        ChunkState::Trailer
-                    } else {
-                        ChunkState::Data(size)
-                    };
-                }
-                ChunkState::Data(left) => {
-                    let n = left.min(input.len());
-                    out.extend_from_slice(&input[..n]);
-                    input = &input[n..];
-                    self.state = if n == left {
-                        ChunkState::DataEnd
-                    } else {
-                        ChunkState::Data(left - n)
-                    };
-                }
-                ChunkState::DataEnd => {
-                    match input[0] {
-                        b'\r' => {}
-                        b'\n' => self.state = ChunkState::Size,
-                        _ => return Err("no CRLF after a chunk".into()),
-                    }
-                    input = &input[1..];
-                }
-                ChunkState::Done => return Ok(true),
-            }
+    /// Decodes `input`, appending the body bytes to `out`.
+    fn feed(&mut self, input: &[u8], out: &mut Vec<u8>) -> Result<(), String> {
+        if self.done {
+            return Ok(());
         }
-        Ok(self.state == ChunkState::Done)
+        let error = |e: HttpError| format!("bad chunked body: {}", e.reason);
+        let decoded = if self.held.is_empty() {
+            let d = self
+                .decoder
+                .decode(input, out, usize::MAX, MAX_FRAMING)
+                .map_err(error)?;
+            self.held.extend_from_slice(&input[d.consumed..]);
+            d
+        } else {
+            self.held.extend_from_slice(input);
+            let d = self
+                .decoder
+                .decode(&self.held, out, usize::MAX, MAX_FRAMING)
+                .map_err(error)?;
+            self.held.drain(..d.consumed);
+            d
+        };
+        self.done = decoded.done;
+        Ok(())
     }
 }
 
-/// An SSE body cut into blocks (events end with a blank line, `\n\n`).
+/// An SSE body cut into blocks: an event ends with a blank line, and lines end with CRLF, LF
+/// or CR (the SSE specification allows all three).
 #[derive(Debug, Default)]
 pub struct SseBody {
     chunked: Option<Dechunk>,
     buf: Vec<u8>,
     /// Where the unfinished block starts in `buf`.
     start: usize,
-    /// Where to resume looking for the blank line.
-    scan: usize,
+    /// Where the current line starts in `buf`.
+    line: usize,
+    /// The last line ended with CR: an LF right after it belongs to that line ending.
+    after_cr: bool,
 }
 
 impl SseBody {
     /// A body, chunked or not.
     pub fn new(chunked: bool) -> SseBody {
         SseBody {
-            chunked: chunked.then(Dechunk::default),
+            chunked: chunked.then(|| Dechunk {
+                decoder: BodyDecoder::Chunked(ChunkState::Size),
+                held: Vec::new(),
+                done: false,
+            }),
             ..SseBody::default()
         }
     }
@@ -285,35 +265,52 @@ impl SseBody {
         mut block: impl FnMut(&[u8]),
     ) -> Result<(), String> {
         match &mut self.chunked {
-            Some(d) => {
-                d.feed(input, &mut self.buf)?;
-            }
+            Some(d) => d.feed(input, &mut self.buf)?,
             None => self.buf.extend_from_slice(input),
         }
-        while let Some(at) = BLANK_LINE.find(&self.buf[self.scan..]) {
-            let end = self.scan + at + 2;
-            block(&self.buf[self.start..end]);
-            self.start = end;
-            self.scan = end;
+        loop {
+            if self.after_cr {
+                let Some(&next) = self.buf.get(self.line) else {
+                    break;
+                };
+                self.after_cr = false;
+                if next == b'\n' {
+                    if self.start == self.line {
+                        self.start += 1; // the LF of a CRLF that ended the last block
+                    }
+                    self.line += 1;
+                }
+            }
+            let Some(k) = memchr::memchr2(b'\n', b'\r', &self.buf[self.line..]) else {
+                break;
+            };
+            let at = self.line + k;
+            self.after_cr = self.buf[at] == b'\r';
+            self.line = at + 1;
+            if k == 0 {
+                // A blank line: the block ends (a CR alone ends it now, not at the next byte).
+                block(&self.buf[self.start..self.line]);
+                self.start = self.line;
+            }
         }
-        self.scan = self.buf.len().saturating_sub(1).max(self.start);
         if self.buf.len() - self.start > max_block {
             return Err(format!("an SSE block over {max_block} bytes"));
         }
         if self.start == self.buf.len() {
             self.buf.clear();
+            self.line = 0;
             self.start = 0;
-            self.scan = 0;
         } else if self.start > 64 * 1024 {
             self.buf.drain(..self.start);
-            self.scan -= self.start;
+            self.line -= self.start;
             self.start = 0;
         }
         Ok(())
     }
 }
 
-/// Pipelined HTTP answers to the publisher, counted by status.
+/// Pipelined HTTP answers to the publisher, counted by status. What it holds is bounded: one
+/// unfinished answer, its head at most [`MAX_HEAD`] and its body at most [`MAX_ANSWER_BODY`].
 #[derive(Debug, Default)]
 pub struct Answers {
     buf: Vec<u8>,
@@ -328,7 +325,8 @@ pub struct Answers {
 }
 
 impl Answers {
-    /// Feeds bytes read from the publisher's connection.
+    /// Feeds bytes read from the publisher's connection. `Err` on a bad head, a chunked answer
+    /// or a body over [`MAX_ANSWER_BODY`].
     pub fn feed(&mut self, input: &[u8]) -> Result<(), String> {
         self.buf.extend_from_slice(input);
         let mut at = 0;
@@ -337,7 +335,13 @@ impl Answers {
                 return Err("a chunked answer to a publish (expected Content-Length)".into());
             }
             let body = head.content_length.unwrap_or(0);
-            if self.buf.len() - at < head.len + body {
+            if body > MAX_ANSWER_BODY {
+                return Err(format!(
+                    "an answer to a publish with a {body}-byte body (at most {MAX_ANSWER_BODY})"
+                ));
+            }
+            let end = at + head.len + body;
+            if self.buf.len() < end {
                 break;
             }
             if (200..300).contains(&head.status) {
@@ -345,7 +349,7 @@ impl Answers {
             } else {
                 self.failed += 1;
                 if self.first_failure.is_none() {
-                    let text = &self.buf[at + head.len..at + head.len + body];
+                    let text = &self.buf[at + head.len..end];
                     self.first_failure = Some(format!(
                         "{} {}",
                         head.status,
@@ -354,55 +358,37 @@ impl Answers {
                 }
             }
             self.closing |= head.close;
-            at += head.len + body;
+            at = end;
         }
         self.buf.drain(..at);
         Ok(())
     }
 }
 
-/// The in-memory stream a client WebSocket runs over: bytes read from the socket go into
-/// `input`; frames tungstenite writes land in `output`, which the driver sends.
-#[derive(Debug, Default)]
-pub struct Mem {
-    /// Read from the socket, not yet parsed.
-    pub input: Vec<u8>,
-    /// How much of `input` tungstenite has taken.
-    pub pos: usize,
-    /// Written by tungstenite, not yet sent.
-    pub output: Vec<u8>,
-}
-
-impl Read for Mem {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let rest = &self.input[self.pos..];
-        if rest.is_empty() {
-            self.input.clear();
-            self.pos = 0;
-            return Err(io::ErrorKind::WouldBlock.into());
-        }
-        let n = rest.len().min(buf.len());
-        buf[..n].copy_from_slice(&rest[..n]);
-        self.pos += n;
-        Ok(n)
+/// Hands `data` to a WebSocket's in-memory stream, first dropping what tungstenite has taken.
+pub fn give(memory: &mut Memory, data: &[u8]) {
+    if memory.read_at == memory.input.len() {
+        memory.input.clear();
+        memory.read_at = 0;
+    } else if memory.read_at > 64 * 1024 {
+        memory.input.drain(..memory.read_at);
+        memory.read_at = 0;
     }
-}
-
-impl Write for Mem {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.output.extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
+    memory.input.extend_from_slice(data);
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use mcp_stream::proto::hub::{Event, EventId};
     use mcp_stream::proto::sse::event_block;
+
+    /// Our server's envelope of `data` on `topic`.
+    fn envelope(topic: &str, data: &str) -> String {
+        let id = EventId { epoch: 1, seq: 3 };
+        let now = std::time::Instant::now();
+        Event::new(id, topic.into(), EVENT, data, None, now).envelope()
+    }
 
     #[test]
     fn data_is_padded_to_the_payload_size_and_stamps_parse_back() {
@@ -412,7 +398,7 @@ mod tests {
             serde_json::from_str::<serde_json::Value>(&d).unwrap();
         }
         let d = message_data(42, 123_456_789, 200);
-        let env = envelope("bench", "ab-3", &d);
+        let env = envelope("bench", &d);
         assert_eq!(classify(env.as_bytes()), Item::Stamp(42, 123_456_789));
         assert_eq!(
             classify(&event_block("ab-3", EVENT, &env)),
@@ -446,7 +432,7 @@ mod tests {
             body.extend(event_block(
                 &i.to_string(),
                 EVENT,
-                &envelope("t", "x", &message_data(i, i, 64)),
+                &envelope("t", &message_data(i, i, 64)),
             ));
         }
         let mut chunked = Vec::new();
@@ -500,5 +486,59 @@ mod tests {
         assert_eq!((h.status, h.chunked, h.len), (200, true, 47));
         assert_eq!(parse_head(b"HTTP/1.1 200 OK\r\n").unwrap(), None);
         assert!(parse_head(b"garbage\r\n\r\n").is_err());
+    }
+
+    #[test]
+    fn a_huge_content_length_in_a_publish_answer_is_an_error_not_a_panic() {
+        let mut a = Answers::default();
+        let e = a
+            .feed(b"HTTP/1.1 500 X\r\nContent-Length: 18446744073709551615\r\n\r\nabc")
+            .unwrap_err();
+        assert!(e.contains("18446744073709551615-byte body"), "{e}");
+        let mut a = Answers::default();
+        let big = format!(
+            "HTTP/1.1 500 X\r\nContent-Length: {}\r\n\r\n",
+            MAX_ANSWER_BODY + 1
+        );
+        assert!(a.feed(big.as_bytes()).is_err());
+        let mut a = Answers::default();
+        assert!(a
+            .feed(b"HTTP/1.1 202 OK\r\nContent-Length: x\r\n\r\n")
+            .is_err());
+    }
+
+    #[test]
+    fn sse_blocks_end_with_crlf_cr_or_lf_lines() {
+        let data = |i| envelope("t", &message_data(i, i + 10, 64));
+        for eol in ["\n", "\r\n", "\r"] {
+            let mut body = Vec::new();
+            for i in 0..4 {
+                body.extend(format!("event: bench{eol}data: {}{eol}{eol}", data(i)).as_bytes());
+            }
+            body.extend(format!(": ping{eol}{eol}").as_bytes());
+            for step in [1, 2, 5, 1000] {
+                let mut sse = SseBody::new(false);
+                let mut items = Vec::new();
+                for piece in body.chunks(step) {
+                    sse.feed(piece, 4096, |b| items.push(classify(b))).unwrap();
+                }
+                let want: Vec<Item> = (0..4)
+                    .map(|i| Item::Stamp(i, i + 10))
+                    .chain([Item::Other])
+                    .collect();
+                assert_eq!(items, want, "{eol:?}, step {step}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_server_envelope_with_its_own_seq_and_t_does_not_corrupt_the_stamp() {
+        let d = message_data(5, 777, 100);
+        let before = format!("{{\"seq\":99,\"t\":1,\"data\":{d}}}");
+        assert_eq!(classify(before.as_bytes()), Item::Stamp(5, 777));
+        let after = format!("{{\"data\":{d},\"seq\":99,\"t\":1}}");
+        assert_eq!(classify(after.as_bytes()), Item::Stamp(5, 777));
+        // A server that relays the data alone.
+        assert_eq!(classify(d.as_bytes()), Item::Stamp(5, 777));
     }
 }

@@ -115,12 +115,17 @@ pub fn dropped(count: u64) -> Vec<u8> {
     text_frame(format!(r#"{{"type":"dropped","count":{count}}}"#).as_bytes())
 }
 
-/// The in-memory stream tungstenite reads from and writes to.
+/// The in-memory stream tungstenite reads from and writes to: bytes read from a socket go into
+/// `input`, frames tungstenite writes land in `output` for the caller to send. Used by the
+/// server's sessions and by the `bench` tool's client WebSockets.
 #[derive(Debug, Default)]
-struct Memory {
-    input: Vec<u8>,
-    read_at: usize,
-    output: Vec<u8>,
+pub struct Memory {
+    /// Bytes to parse; tungstenite has taken those before `read_at`.
+    pub input: Vec<u8>,
+    /// How much of `input` tungstenite has taken.
+    pub read_at: usize,
+    /// Written by tungstenite, not yet sent.
+    pub output: Vec<u8>,
 }
 
 impl Read for Memory {
