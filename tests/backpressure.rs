@@ -100,14 +100,8 @@ fn disconnect_policy_closes_a_subscriber_that_stops_reading_and_spares_the_reade
     assert_eq!(server.get("/health").status, 200);
     // The metrics say who was dropped, and why.
     let metrics = server.metrics();
-    assert_eq!(
-        metrics.get(r#"mcp_stream_dropped_total{reason="slow_consumer"}"#),
-        1.0
-    );
-    assert_eq!(
-        metrics.get(r#"mcp_stream_dropped_total{reason="queue_overflow"}"#),
-        0.0
-    );
+    assert_eq!(metrics.dropped("slow_consumer"), 1.0);
+    assert_eq!(metrics.dropped("queue_overflow"), 0.0);
     assert_eq!(
         metrics.get(r#"mcp_stream_connections{transport="sse"}"#),
         1.0
@@ -188,14 +182,8 @@ fn drop_oldest_policy_tells_a_slow_subscriber_exactly_how_many_events_it_lost() 
     assert_eq!(good.next_event().id.as_deref(), Some(live[0].as_str()));
     // The metrics count the same drops the subscriber was told of.
     let metrics = server.metrics();
-    assert_eq!(
-        metrics.get(r#"mcp_stream_dropped_total{reason="queue_overflow"}"#),
-        total_dropped as f64
-    );
-    assert_eq!(
-        metrics.get(r#"mcp_stream_dropped_total{reason="slow_consumer"}"#),
-        0.0
-    );
+    assert_eq!(metrics.dropped("queue_overflow"), total_dropped as f64);
+    assert_eq!(metrics.dropped("slow_consumer"), 0.0);
 }
 
 #[test]

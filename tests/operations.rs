@@ -131,10 +131,8 @@ fn errors_are_counted_by_kind() {
     let reset = socket2::Socket::from(std::net::TcpStream::connect(server.addr).unwrap());
     reset.set_linger(Some(Duration::ZERO)).unwrap();
     drop(reset);
-    let m = metrics_until(&server, "an io error", |m| {
-        m.get(r#"mcp_stream_errors_total{kind="io"}"#) == 1.0
-    });
-    let kind = |k: &str| m.get(&format!("mcp_stream_errors_total{{kind=\"{k}\"}}"));
+    let m = metrics_until(&server, "an io error", |m| m.errors("io") == 1.0);
+    let kind = |k: &str| m.errors(k);
     assert_eq!(kind("not_found"), 1.0);
     assert_eq!(kind("bad_request"), 1.0);
     assert_eq!(kind("websocket"), 1.0);
@@ -203,14 +201,8 @@ fn figures_need_no_credential_and_only_health_skips_the_rate_limit() {
     // A token comes back within a second: the metrics count the two refusals.
     thread::sleep(Duration::from_millis(1200));
     let m = server.metrics();
-    assert_eq!(
-        m.get(r#"mcp_stream_dropped_total{reason="rate_limit"}"#),
-        2.0
-    );
-    assert_eq!(
-        m.get(r#"mcp_stream_errors_total{kind="rate_limited"}"#),
-        2.0
-    );
+    assert_eq!(m.dropped("rate_limit"), 2.0);
+    assert_eq!(m.errors("rate_limited"), 2.0);
     assert_eq!(
         m.get(r#"mcp_stream_feature_enabled{feature="stream-rate-limiting"}"#),
         1.0

@@ -222,6 +222,16 @@ impl Metrics {
             .get(key)
             .unwrap_or_else(|| panic!("no sample {key} in {:?}", self.0.keys()))
     }
+
+    /// `mcp_stream_dropped_total{reason="REASON"}`.
+    pub fn dropped(&self, reason: &str) -> f64 {
+        self.get(&format!("mcp_stream_dropped_total{{reason=\"{reason}\"}}"))
+    }
+
+    /// `mcp_stream_errors_total{kind="KIND"}`.
+    pub fn errors(&self, kind: &str) -> f64 {
+        self.get(&format!("mcp_stream_errors_total{{kind=\"{kind}\"}}"))
+    }
 }
 
 impl Drop for TestServer {
