@@ -9,6 +9,9 @@ use serde_json::Value;
 
 /// How long the client waits to connect, and for each read or write.
 const TIMEOUT: Duration = Duration::from_secs(5);
+/// The most of an answer read: the admin API's answers are a few hundred bytes, and whatever
+/// answers at the URL given must not make the command grow without bound.
+const MAX_RESPONSE: u64 = 1 << 20;
 
 /// Sends `method path` with an optional JSON `body` to the server at `base`
 /// (`http://HOST:PORT`), with `token` as its bearer token; returns the status and the JSON body.
@@ -44,7 +47,7 @@ pub fn request(
         body.len()
     )?;
     let mut response = Vec::new();
-    stream.read_to_end(&mut response)?;
+    stream.take(MAX_RESPONSE).read_to_end(&mut response)?;
     let text = String::from_utf8_lossy(&response);
     let (head, body) = text
         .split_once("\r\n\r\n")
